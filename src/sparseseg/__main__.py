@@ -1,0 +1,5 @@
+import sys
+
+from sparseseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,176 @@
+"""Read and write volumes: NIfTI, PNG/TIFF slice folders and multi-page TIFF.
+
+Every reader returns a :class:`Volume` with shape (X, Y, Z). Slice stacks (one 2D image per
+section) are stacked along Z, so a section is an xy slice. Problems raise :class:`InputError`
+naming the file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from sparseseg.data.volume import Volume, affine_from_spacing
+from sparseseg.errors import InputError
+from sparseseg.fileio import atomic_path
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SLICE_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def is_nifti(path: str | Path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def strip_nifti_suffix(name: str) -> str:
+    """'case_0000.nii.gz' -> 'case_0000'."""
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def check_volume(array: np.ndarray, path: str | Path, *, finite: bool = True) -> None:
+    """Raise InputError unless ``array`` is a 3D volume of finite numbers."""
+    if array.ndim != 3:
+        raise InputError(f"expected a 3D volume, got {array.ndim}D with shape {array.shape}", path)
+    if min(array.shape) < 1:
+        raise InputError(f"empty volume with shape {array.shape}", path)
+    if finite and np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise InputError(f"{bad} voxels are NaN or infinite", path)
+
+
+def read_nifti(path: str | Path, *, dtype: np.dtype | None = None) -> Volume:
+    """Read a 3D NIfTI file. ``dtype`` casts the data (labels: an integer type)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", path)
+    try:
+        img = nib.load(str(path))
+        array = np.asarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputError(f"cannot read NIfTI ({type(exc).__name__}: {exc})", path) from None
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    check_volume(array, path)
+    if dtype is not None:
+        if np.issubdtype(np.dtype(dtype), np.integer) and np.issubdtype(array.dtype, np.floating):
+            rounded = np.rint(array)
+            if not np.allclose(rounded, array):
+                raise InputError("label volume holds non-integer values", path)
+            array = rounded
+        array = array.astype(dtype, copy=False)
+    return Volume(array, np.asarray(img.affine, dtype=np.float64), strip_nifti_suffix(path.name))
+
+
+def write_nifti(path: str | Path, volume: Volume | np.ndarray, affine: np.ndarray | None = None):
+    """Write a NIfTI file atomically, keeping the affine (from ``volume`` or ``affine``)."""
+    if isinstance(volume, Volume):
+        array, affine = volume.array, volume.affine if affine is None else affine
+    else:
+        array = volume
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    array = np.asarray(array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if array.dtype == np.int64:
+        array = array.astype(np.int32 if array.max(initial=0) > 255 else np.uint8)
+    img = nib.Nifti1Image(array, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def _numeric_key(path: Path) -> tuple:
+    numbers = re.findall(r"\d+", path.stem)
+    return (int(numbers[-1]) if numbers else -1, path.name)
+
+
+def list_slice_files(folder: str | Path) -> list[Path]:
+    """PNG/TIFF files in ``folder`` in numeric order of the last number in their names."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError("folder not found", folder)
+    files = [p for p in folder.iterdir() if p.suffix.lower() in SLICE_SUFFIXES and p.is_file()]
+    if not files:
+        raise InputError("no PNG or TIFF slices in folder", folder)
+    return sorted(files, key=_numeric_key)
+
+
+def _read_2d(path: Path) -> np.ndarray:
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            array = tifffile.imread(str(path))
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                array = np.asarray(im)
+    except Exception as exc:
+        raise InputError(f"cannot read image ({type(exc).__name__}: {exc})", path) from None
+    if array.ndim == 3 and array.shape[-1] in (3, 4):  # RGB(A) section: use the luminance
+        array = array[..., :3].mean(axis=-1)
+    if array.ndim != 2:
+        raise InputError(f"expected a 2D slice, got shape {array.shape}", path)
+    return array
+
+
+def read_slice_folder(
+    folder: str | Path, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+) -> Volume:
+    """Stack a folder of 2D PNG/TIFF sections (numeric order) into a (X, Y, Z) volume.
+
+    ``spacing`` is (x, y, z) in mm; z is the section thickness.
+    """
+    files = list_slice_files(folder)
+    slices = [_read_2d(p) for p in files]
+    first = slices[0].shape
+    for path, s in zip(files, slices):
+        if s.shape != first:
+            raise InputError(f"slice shape {s.shape} differs from {first} of {files[0].name}", path)
+    stack = np.stack(slices, axis=0)  # (Z, rows, cols) = (Z, Y, X)
+    array = np.ascontiguousarray(np.transpose(stack, (2, 1, 0)))
+    check_volume(array, folder)
+    return Volume(array, affine_from_spacing(spacing), Path(folder).name)
+
+
+def read_tiff_stack(path: str | Path, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)):
+    """Read a multi-page TIFF (pages are Z sections) into a (X, Y, Z) volume."""
+    import tifffile
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", path)
+    try:
+        stack = tifffile.imread(str(path))
+    except Exception as exc:
+        raise InputError(f"cannot read TIFF ({type(exc).__name__}: {exc})", path) from None
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim != 3:
+        raise InputError(f"expected a stack of 2D pages, got shape {stack.shape}", path)
+    array = np.ascontiguousarray(np.transpose(stack, (2, 1, 0)))
+    check_volume(array, path)
+    return Volume(array, affine_from_spacing(spacing), path.name.split(".")[0])
+
+
+def read_volume(path: str | Path, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Volume:
+    """Read a NIfTI file, a multi-page TIFF or a folder of slices. ``spacing`` is used where the
+    format carries none (TIFF, PNG)."""
+    path = Path(path)
+    if path.is_dir():
+        return read_slice_folder(path, spacing)
+    if is_nifti(path):
+        return read_nifti(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return read_tiff_stack(path, spacing)
+    if not path.exists():
+        raise InputError("file not found", path)
+    raise InputError("unsupported format (expected .nii, .nii.gz, .tif, or a slice folder)", path)

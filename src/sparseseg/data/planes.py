@@ -1,0 +1,44 @@
+"""Plane views: a volume (..., X, Y, Z) seen as a stack of 2D slices of one plane, and back."""
+
+from __future__ import annotations
+
+import numpy as np
+
+PLANES = ("xy", "xz", "yz")
+# The array axis normal to each plane, counted from the end so leading channel axes are allowed.
+NORMAL_AXIS = {"xy": -1, "xz": -2, "yz": -3}
+
+
+def parse_planes(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """'xy,xz' -> ('xy', 'xz'), validated and in canonical order."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    items = [p.strip().lower() for p in items if p.strip()]
+    bad = [p for p in items if p not in PLANES]
+    if bad or not items:
+        raise ValueError(f"planes must be a subset of {','.join(PLANES)}, got {text!r}")
+    return tuple(p for p in PLANES if p in items)
+
+
+def num_slices(shape: tuple[int, ...], plane: str) -> int:
+    """Number of slices of ``plane`` in a volume of spatial ``shape`` (..., X, Y, Z)."""
+    return int(shape[NORMAL_AXIS[plane]])
+
+
+def to_slices(volume: np.ndarray, plane: str) -> np.ndarray:
+    """View (..., X, Y, Z) as (..., N, A, B): slice n of ``plane`` is ``out[..., n, :, :]``.
+
+    For xy the slice is (X, Y), for xz (X, Z), for yz (Y, Z). Returns a view, not a copy.
+    """
+    return np.moveaxis(volume, NORMAL_AXIS[plane], -3)
+
+
+def from_slices(slices: np.ndarray, plane: str) -> np.ndarray:
+    """Inverse of :func:`to_slices`: (..., N, A, B) back to (..., X, Y, Z)."""
+    return np.moveaxis(slices, -3, NORMAL_AXIS[plane])
+
+
+def slice_index(plane: str, n: int) -> tuple:
+    """An index expression selecting slice ``n`` of ``plane`` from a (X, Y, Z) array."""
+    index: list = [slice(None)] * 3
+    index[NORMAL_AXIS[plane]] = n
+    return tuple(index)
