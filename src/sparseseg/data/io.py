@@ -132,7 +132,7 @@ def read_slice_folder(
     files = list_slice_files(folder)
     slices = [_read_2d(p) for p in files]
     first = slices[0].shape
-    for path, s in zip(files, slices):
+    for path, s in zip(files, slices, strict=True):
         if s.shape != first:
             raise InputError(f"slice shape {s.shape} differs from {first} of {files[0].name}", path)
     stack = np.stack(slices, axis=0)  # (Z, rows, cols) = (Z, Y, X)
