@@ -1,0 +1,172 @@
+"""The model bundle: everything ``predict`` needs, in one file.
+
+``MODEL/bundle.pt`` holds the weights of the 2D base model, the 3D base model and the meta-model,
+each with the architecture name and constructor arguments that rebuild it, plus the preset and
+config, class names, the intensity normalisation and two versions: the bundle format version and
+the sparseseg version that wrote it. ``MODEL/bundle.json`` repeats everything but the weights for
+people to read. The file holds only tensors and plain Python values, so it loads with
+``torch.load(weights_only=True)``; nothing in it can run code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparseseg import __version__
+from sparseseg.errors import InputError
+from sparseseg.fileio import atomic_path, write_json
+
+FORMAT = "sparseseg-bundle"
+FORMAT_VERSION = 1
+BUNDLE_FILE = "bundle.pt"
+BUNDLE_JSON = "bundle.json"
+PARTS = ("2d", "3d", "meta")
+
+# Architecture name -> "module:class". Resolved lazily so this module imports without torch models.
+ARCHITECTURES = {
+    "densevoxnet": "sparseseg.models.densevoxnet:DenseVoxNet",
+    "fcn2d": "sparseseg.models.fcn2d:FCN2D",
+    "ydensevoxnet": "sparseseg.models.meta:YDenseVoxNet",
+}
+
+
+@dataclass
+class ModelPart:
+    """One network: how to build it and its weights."""
+
+    arch: str
+    kwargs: dict[str, Any]
+    state_dict: dict[str, Any]
+
+    def build(self):
+        """The network in eval mode with its weights loaded (on CPU)."""
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.arch!r}")
+        module_name, class_name = ARCHITECTURES[self.arch].split(":")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        net = cls(**self.kwargs)
+        net.load_state_dict(self.state_dict)
+        return net.eval()
+
+
+@dataclass
+class Bundle:
+    """A trained model: the three networks and what is needed to apply them."""
+
+    parts: dict[str, ModelPart]
+    class_names: list[str]
+    preset: str
+    config: dict[str, Any]
+    normalisation: dict[str, Any] = field(default_factory=lambda: {"kind": "zscore-per-volume"})
+    planes: list[str] = field(default_factory=lambda: ["xy", "xz", "yz"])
+    sparseseg_version: str = __version__
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything but the weights, as plain JSON-able values."""
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "sparseseg_version": self.sparseseg_version,
+            "preset": self.preset,
+            "class_names": list(self.class_names),
+            "planes": list(self.planes),
+            "normalisation": dict(self.normalisation),
+            "config": self.config,
+            "parts": {k: {"arch": p.arch, "kwargs": p.kwargs} for k, p in self.parts.items()},
+            "extra": self.extra,
+        }
+
+
+def bundle_file(path: str | Path) -> Path:
+    """MODEL folder or bundle file -> the bundle file."""
+    path = Path(path)
+    return path / BUNDLE_FILE if path.is_dir() else path
+
+
+def save_bundle(bundle: Bundle, path: str | Path) -> Path:
+    """Write ``bundle`` to ``path`` (a MODEL folder or a ``.pt`` file), atomically.
+
+    Returns the bundle file written. A readable ``bundle.json`` is written beside it.
+    """
+    import torch
+
+    path = Path(path)
+    target = path / BUNDLE_FILE if (path.is_dir() or not path.suffix) else path
+    payload = bundle.metadata()
+    payload["weights"] = {
+        k: {kk: v.detach().cpu().contiguous() for kk, v in p.state_dict.items()}
+        for k, p in bundle.parts.items()
+    }
+    with atomic_path(target) as tmp:
+        torch.save(payload, tmp)
+    write_json(target.with_name(BUNDLE_JSON), bundle.metadata())
+    return target
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read a bundle from a MODEL folder or a bundle file.
+
+    Raises InputError naming the file when it is missing, corrupt, not a bundle, or from another
+    bundle format version.
+    """
+    import torch
+
+    file = bundle_file(path)
+    if not file.exists():
+        where = "model folder has no bundle (did `sparseseg train` finish?)"
+        raise InputError(where if Path(path).is_dir() else "file not found", file)
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle refused, anything torch raises
+        raise InputError(f"cannot read model bundle ({type(exc).__name__})", file) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError("not a sparseseg model bundle", file)
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise InputError(
+            f"bundle format version {version} (written by sparseseg "
+            f"{payload.get('sparseseg_version', '?')}) is not supported by sparseseg "
+            f"{__version__}, which reads version {FORMAT_VERSION}; retrain or use that version",
+            file,
+        )
+    try:
+        parts = {
+            k: ModelPart(spec["arch"], dict(spec["kwargs"]), payload["weights"][k])
+            for k, spec in payload["parts"].items()
+        }
+        return Bundle(
+            parts=parts,
+            class_names=list(payload["class_names"]),
+            preset=str(payload["preset"]),
+            config=payload["config"],
+            normalisation=dict(payload["normalisation"]),
+            planes=list(payload["planes"]),
+            sparseseg_version=str(payload["sparseseg_version"]),
+            format_version=int(version),
+            extra=dict(payload.get("extra", {})),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(
+            f"model bundle is incomplete ({type(exc).__name__}: {exc})", file
+        ) from None
+
+
+def read_bundle_json(path: str | Path) -> dict[str, Any]:
+    """The readable metadata beside a bundle (no weights)."""
+    file = bundle_file(path).with_name(BUNDLE_JSON)
+    try:
+        return json.loads(file.read_text())
+    except FileNotFoundError:
+        raise InputError("file not found", file) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON ({exc})", file) from None

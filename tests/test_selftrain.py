@@ -1,0 +1,99 @@
+"""Self-training: NN-fit picks the lowest-loss PL set; the switch-share stopping rule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sparseseg.selftrain import (
+    NNFitState,
+    ce_per_set,
+    nearest_sets,
+    pick_targets,
+    random_sets,
+    switch_share,
+)
+
+
+def one_hot_logits(labels: torch.Tensor, c: int, scale: float = 4.0) -> torch.Tensor:
+    """(B, *S) labels -> (B, C, *S) logits confident in those labels."""
+    return scale * torch.nn.functional.one_hot(labels, c).movedim(-1, 1).float()
+
+
+def test_ce_per_set_matches_hand_computed_value():
+    # one voxel, two classes, logits (0, log 3): p = (1/4, 3/4)
+    logits = torch.tensor([[[0.0], [math.log(3.0)]]])  # (1, 2, 1)
+    targets = torch.tensor([[[0], [1]]])  # (1, K=2, 1)
+    ce = ce_per_set(logits, targets)
+    assert ce.shape == (1, 2)
+    assert ce[0, 0].item() == pytest.approx(math.log(4.0), rel=1e-5)
+    assert ce[0, 1].item() == pytest.approx(math.log(4.0 / 3.0), rel=1e-5)
+
+
+def test_nn_fit_picks_the_set_closest_to_the_output():
+    g = torch.Generator().manual_seed(0)
+    b, k, c, shape = 3, 4, 3, (6, 5, 4)
+    truth = torch.randint(0, c, (b, *shape), generator=g)
+    # Set j disagrees with the output on a fraction that grows with |j - nearest|.
+    nearest = torch.tensor([2, 0, 3])
+    sets = []
+    for j in range(k):
+        noisy = truth.clone()
+        for i in range(b):
+            frac = 0.1 + 0.2 * abs(j - int(nearest[i]))
+            flip = torch.rand(shape, generator=g) < frac
+            noisy[i][flip] = (truth[i][flip] + 1) % c
+        sets.append(noisy)
+    targets = torch.stack(sets, 1)  # (B, K, *S)
+    logits = one_hot_logits(truth, c)
+    choice = nearest_sets(ce_per_set(logits, targets))
+    assert choice.tolist() == nearest.tolist()
+    picked = pick_targets(targets, choice)
+    for i in range(b):
+        assert torch.equal(picked[i], targets[i, nearest[i]])
+
+
+def test_valid_mask_restricts_the_comparison():
+    # Set 0 matches inside the mask, set 1 matches only outside it.
+    out = torch.zeros(1, 8, dtype=torch.long)
+    valid = torch.zeros(1, 8, dtype=torch.bool)
+    valid[0, :4] = True
+    set0 = out.clone()
+    set0[0, 4:] = 1
+    set1 = torch.ones(1, 8, dtype=torch.long)
+    set1[0, 4:] = 0
+    targets = torch.stack([set0, set1], 1)
+    logits = one_hot_logits(out, 2)
+    assert nearest_sets(ce_per_set(logits, targets)).tolist() in ([0], [1])  # 4 v 4 errors
+    assert nearest_sets(ce_per_set(logits, targets, valid)).tolist() == [0]
+    none = torch.zeros_like(valid)
+    assert torch.equal(ce_per_set(logits, targets, none), torch.zeros(1, 2))
+
+
+def test_random_sets_cover_all_sets_uniformly():
+    g = torch.Generator().manual_seed(1)
+    draws = random_sets(4000, 4, g)
+    counts = torch.bincount(draws, minlength=4)
+    assert counts.min() > 900 and counts.max() < 1100
+
+
+def test_switch_share_and_stopping_rule():
+    assert switch_share(None, [0, 1]) == 1.0
+    assert switch_share([0, 1, 2, 3], [0, 1, 2, 0]) == 0.25
+    state = NNFitState(threshold=0.3)
+    assert not state.done
+    ce_a = torch.tensor([[0.1, 0.5], [0.5, 0.1], [0.1, 0.2], [0.3, 0.2]])
+    state.update(ce_a, iteration=0)
+    assert not state.done  # a first round never settles
+    ce_b = ce_a.clone()
+    ce_b[0] = torch.tensor([0.6, 0.2])  # one of four switches: 0.25 < 0.3
+    rec = state.update(ce_b, iteration=10)
+    assert rec["switch_share"] == 0.25 and state.done
+    again = NNFitState.from_dict(state.to_dict())
+    assert again.choices == [1, 1, 0, 1] and again.done
+    strict = NNFitState(threshold=0.25)
+    strict.update(ce_a, 0)
+    strict.update(ce_b, 10)
+    assert not strict.done  # the share must fall under the threshold
