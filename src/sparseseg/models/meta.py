@@ -1,0 +1,99 @@
+"""The Y-shaped DenseVoxNet meta-model (paper Fig. 4).
+
+Two input branches -- the image and A(Y), the mean of the one-hot pseudo-label sets (C channels in
+[0, 1]) -- each with its own strided stem, are concatenated and fused by a conv, then go through the
+DenseVoxNet body (dense blocks, up-sampling decoder, auxiliary side output) unchanged.
+
+``forward`` takes ONE tensor (B, image_channels + C, X, Y, Z): the image channels first, then the C
+channels of A(Y). It splits them inside, so the generic sliding-window inference and the shared
+training loop treat the meta-model like any single-input 3D network.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sparseseg.models.densevoxnet import DenseVoxNet, init_normal_, make_norm
+
+
+class YStem(nn.Module):
+    """(B, image_channels + pl_channels, X, Y, Z) -> fused features (B, out, X/2, Y/2, Z/2).
+
+    Each branch: 3x3x3 conv stride 2, norm, ReLU, 3x3x3 conv.
+    Fusion: concat, norm, ReLU, 3x3x3 conv.
+    """
+
+    def __init__(
+        self, image_channels: int, pl_channels: int, branch_channels: int, out_channels: int, norm
+    ):
+        super().__init__()
+        self.image_channels = image_channels
+        self.pl_channels = pl_channels
+        self.image = self._branch(image_channels, branch_channels, norm)
+        self.pl = self._branch(pl_channels, branch_channels, norm)
+        self.fuse = nn.Sequential(
+            make_norm(norm, 2 * branch_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(2 * branch_channels, out_channels, 3, padding=1, bias=False),
+        )
+
+    @staticmethod
+    def _branch(in_channels: int, channels: int, norm: str) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv3d(in_channels, channels, 3, stride=2, padding=1, bias=False),
+            make_norm(norm, channels),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(channels, channels, 3, padding=1, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expected = self.image_channels + self.pl_channels
+        if x.shape[1] != expected:
+            raise ValueError(
+                f"meta-model expects {expected} channels (image {self.image_channels} + "
+                f"A(Y) {self.pl_channels}), got {x.shape[1]}"
+            )
+        image, pl = torch.split(x, [self.image_channels, self.pl_channels], dim=1)
+        return self.fuse(torch.cat([self.image(image), self.pl(pl)], dim=1))
+
+
+class YDenseVoxNet(DenseVoxNet):
+    """The meta-model. ``forward(x)``: (B, image_channels + num_classes, X, Y, Z) -> logits.
+
+    Outputs follow :class:`DenseVoxNet`: ``(main, aux)`` in training mode with deep supervision,
+    else the main logits (B, num_classes, X, Y, Z). Spatial sizes must be multiples of 4.
+    All other keyword arguments are DenseVoxNet's.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        image_channels: int = 1,
+        branch_channels: int | None = None,
+        stem_channels: int = 16,
+        init_std: float = 0.01,
+        **kwargs,
+    ):
+        self._y_branch_channels = branch_channels or stem_channels
+        self._y_image_channels = image_channels
+        super().__init__(
+            image_channels + num_classes,
+            num_classes,
+            stem_channels=stem_channels,
+            init_std=init_std,
+            **kwargs,
+        )
+        self.image_channels = image_channels
+        init_normal_(self, init_std)
+
+    def make_stem(self, in_channels: int, out_channels: int) -> nn.Module:
+        image_channels = self._y_image_channels
+        return YStem(
+            image_channels,
+            in_channels - image_channels,
+            self._y_branch_channels,
+            out_channels,
+            self.norm_kind,
+        )
