@@ -55,7 +55,7 @@ def test_wrong_channel_count_is_a_clear_error():
 
 
 def test_rebuilds_from_plain_kwargs():
-    kwargs = {**TINY, "block_layers": [2, 2], "up_channels": [8, 8], "branch_channels": 6}
+    kwargs = {**TINY, "block_layers": [2, 2], "up_channels": [8, 8], "ay_channels": 6}
     a = YDenseVoxNet(2, **kwargs)
     b = YDenseVoxNet(2, **kwargs)
     b.load_state_dict(a.state_dict())
@@ -64,4 +64,4 @@ def test_rebuilds_from_plain_kwargs():
     x = torch.randn(1, 3, 8, 8, 8)
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
-    assert a.stem.image[0].out_channels == 6
+    assert a.stem.pl[0].out_channels == 6 and a.stem.image[0].out_channels == 8

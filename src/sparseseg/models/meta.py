@@ -25,17 +25,23 @@ class YStem(nn.Module):
     """
 
     def __init__(
-        self, image_channels: int, pl_channels: int, branch_channels: int, out_channels: int, norm
+        self,
+        image_channels: int,
+        pl_channels: int,
+        image_width: int,
+        pl_width: int,
+        out_channels: int,
+        norm: str,
     ):
         super().__init__()
         self.image_channels = image_channels
         self.pl_channels = pl_channels
-        self.image = self._branch(image_channels, branch_channels, norm)
-        self.pl = self._branch(pl_channels, branch_channels, norm)
+        self.image = self._branch(image_channels, image_width, norm)
+        self.pl = self._branch(pl_channels, pl_width, norm)
         self.fuse = nn.Sequential(
-            make_norm(norm, 2 * branch_channels),
+            make_norm(norm, image_width + pl_width),
             nn.ReLU(inplace=True),
-            nn.Conv3d(2 * branch_channels, out_channels, 3, padding=1, bias=False),
+            nn.Conv3d(image_width + pl_width, out_channels, 3, padding=1, bias=False),
         )
 
     @staticmethod
@@ -63,7 +69,9 @@ class YDenseVoxNet(DenseVoxNet):
 
     Outputs follow :class:`DenseVoxNet`: ``(main, aux)`` in training mode with deep supervision,
     else the main logits (B, num_classes, X, Y, Z). Spatial sizes must be multiples of 4.
-    All other keyword arguments are DenseVoxNet's.
+    ``stem_channels`` is the width of the image branch and of the fused features, ``ay_channels``
+    the width of the A(Y) branch (default: ``stem_channels``). All other keyword arguments are
+    DenseVoxNet's.
     """
 
     def __init__(
@@ -71,12 +79,12 @@ class YDenseVoxNet(DenseVoxNet):
         num_classes: int,
         *,
         image_channels: int = 1,
-        branch_channels: int | None = None,
+        ay_channels: int | None = None,
         stem_channels: int = 16,
         init_std: float = 0.01,
         **kwargs,
     ):
-        self._y_branch_channels = branch_channels or stem_channels
+        self._y_ay_channels = ay_channels or stem_channels
         self._y_image_channels = image_channels
         super().__init__(
             image_channels + num_classes,
@@ -93,7 +101,8 @@ class YDenseVoxNet(DenseVoxNet):
         return YStem(
             image_channels,
             in_channels - image_channels,
-            self._y_branch_channels,
+            out_channels,
+            self._y_ay_channels,
             out_channels,
             self.norm_kind,
         )
