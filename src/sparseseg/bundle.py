@@ -29,7 +29,7 @@ PARTS = ("2d", "3d", "meta")
 # Architecture name -> "module:class". Resolved lazily so this module imports without torch models.
 ARCHITECTURES = {
     "densevoxnet": "sparseseg.models.densevoxnet:DenseVoxNet",
-    "fcn2d": "sparseseg.models.fcn2d:FCN2D",
+    "unet2d": "sparseseg.models.fcn2d:UNet2D",
     "ydensevoxnet": "sparseseg.models.meta:YDenseVoxNet",
 }
 
@@ -66,10 +66,23 @@ class Bundle:
     sparseseg_version: str = __version__
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None  # the file it was loaded from
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def build(self, part: str):
+        """Network ``part`` ('2d', '3d' or 'meta') in eval mode; InputError if it can't be built."""
+        if part not in self.parts:
+            raise InputError(f"model bundle has no {part!r} model", self.source)
+        try:
+            return self.parts[part].build()
+        except (ValueError, TypeError, RuntimeError) as exc:
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(
+                f"cannot rebuild the {part!r} model ({problem})", self.source
+            ) from None
 
     def metadata(self) -> dict[str, Any]:
         """Everything but the weights, as plain JSON-able values."""
@@ -154,6 +167,7 @@ def load_bundle(path: str | Path) -> Bundle:
             sparseseg_version=str(payload["sparseseg_version"]),
             format_version=int(version),
             extra=dict(payload.get("extra", {})),
+            source=file,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(
