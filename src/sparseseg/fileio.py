@@ -42,16 +42,25 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(path)
+    created = [p for p in path.parents if not p.exists()]  # removed again if the block fails
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    done = False
     try:
         yield tmp
-        if path.exists():
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
         os.replace(tmp, path)
+        done = True
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+        if not done:
+            for parent in created:  # deepest first
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
 
 
 def write_json(path: str | Path, data: Any) -> None:

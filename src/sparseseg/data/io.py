@@ -44,8 +44,13 @@ def check_volume(array: np.ndarray, path: str | Path, *, finite: bool = True) ->
         raise InputError(f"{bad} voxels are NaN or infinite", path)
 
 
-def read_nifti(path: str | Path, *, dtype: np.dtype | None = None) -> Volume:
-    """Read a 3D NIfTI file. ``dtype`` casts the data (labels: an integer type)."""
+def read_nifti(
+    path: str | Path, *, dtype: np.dtype | None = None, channel: int | None = None
+) -> Volume:
+    """Read a 3D NIfTI file. ``dtype`` casts the data (labels: an integer type).
+
+    ``channel`` picks one volume of a 4D (X, Y, Z, C) file, such as a multi-modal MSD image.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError("file not found", path)
@@ -54,6 +59,12 @@ def read_nifti(path: str | Path, *, dtype: np.dtype | None = None) -> Volume:
         array = np.asarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InputError(f"cannot read NIfTI ({type(exc).__name__}: {exc})", path) from None
+    if channel is not None and array.ndim == 4:
+        if not 0 <= channel < array.shape[3]:
+            raise InputError(f"channel {channel} not in a 4D image of shape {array.shape}", path)
+        array = array[..., channel]
+    elif channel not in (None, 0) and array.ndim == 3:
+        raise InputError(f"channel {channel} asked for, but the image is 3D", path)
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
     check_volume(array, path)
@@ -77,8 +88,9 @@ def write_nifti(path: str | Path, volume: Volume | np.ndarray, affine: np.ndarra
     array = np.asarray(array)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
-    if array.dtype == np.int64:
-        array = array.astype(np.int32 if array.max(initial=0) > 255 else np.uint8)
+    if array.dtype == np.int64:  # NIfTI-1 readers handle int64 poorly: store the narrowest fit
+        small = array.min(initial=0) >= 0 and array.max(initial=0) <= 255
+        array = array.astype(np.uint8 if small else np.int32)
     img = nib.Nifti1Image(array, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
