@@ -1,0 +1,303 @@
+"""Presets: every size and schedule of Steps II and III in one place.
+
+``paper`` follows the paper (DenseVoxNet of Yu et al., 2D U-Net, Adam 5e-4, 2D step decay after 10k
+iterations, 3D/meta poly 0.9) and is meant for a GPU. ``cpu`` keeps the method and shrinks widths,
+patches and iterations so that the whole pipeline runs on two CPU cores in minutes.
+
+Override fields with :func:`apply_overrides` (``"train3d.iterations=300"``) or
+``dataclasses.replace``. :meth:`Preset.to_dict` / :func:`preset_from_dict` round-trip through JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Model2DConfig:
+    """2D U-Net widths (see :class:`sparseseg.models.fcn2d.UNet2D`)."""
+
+    base_channels: int = 32
+    depth: int = 4
+    max_channels: int = 512
+    norm: str = "batch"
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class Model3DConfig:
+    """DenseVoxNet widths (see :class:`sparseseg.models.densevoxnet.DenseVoxNet`)."""
+
+    stem_channels: int = 16
+    growth: int = 12
+    block_layers: tuple[int, int] = (12, 12)
+    up_channels: tuple[int, int] = (128, 64)
+    norm: str = "batch"
+    dropout: float = 0.2
+    deep_supervision: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run of :func:`sparseseg.training.loop.fit` and its patch sampler.
+
+    ``patch`` has 2 entries for 2D models and 3 for 3D models. ``schedule`` is 'step' (lr x
+    ``step_gamma`` from iteration ``step_at``) or 'poly' (lr x (1 - t/T) ** ``poly_power``).
+    ``precision``: 'auto' (bf16 autocast on CPUs with bf16 support and on CUDA), 'bf16' or 'fp32'.
+    """
+
+    iterations: int = 1000
+    batch_size: int = 4
+    patch: tuple[int, ...] = (64, 64, 64)
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-10
+    weight_decay: float = 0.0
+    schedule: str = "poly"
+    poly_power: float = 0.9
+    step_at: int = 10000
+    step_gamma: float = 0.1
+    aux_weight: float = 0.5  # weight of the deep-supervision loss (3D models)
+    annotated_fraction: float = 0.67  # share of crops centred on an annotated voxel
+    flip_axes: tuple[int, ...] = (0, 1, 2)  # random flips; all axes for sparse labels
+    rot90_xy: bool = True  # random 90-degree rotations in the axial (xy) plane
+    precision: str = "auto"
+    channels_last: bool = False  # channels_last(_3d) memory format on CPU
+    checkpoint_every: int = 200  # iterations between checkpoints
+    checkpoint_seconds: float = 120.0  # ... or this much wall time, whichever comes first
+    log_every: int = 10
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Sliding-window 3D inference and slice-batched 2D inference."""
+
+    patch: tuple[int, int, int] = (64, 64, 64)
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+    slice_batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """The Y-shaped meta-model (Step III): its widths, training and NN-fit settings.
+
+    Stage 1 draws a random PL set per sample for ``stage1_iterations``; stage 2 (NN-fit) runs at
+    most ``stage2_iterations`` and stops once the share of samples whose chosen PL set changed since
+    the previous pass falls under ``switch_threshold``.
+    """
+
+    model: Model3DConfig = field(default_factory=Model3DConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stage1_iterations: int = 5000
+    stage2_iterations: int = 5000
+    switch_threshold: float = 0.05
+    ay_stem_channels: int = 16  # stem width of the A(Y) branch
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model2d: Model2DConfig
+    train2d: TrainConfig
+    model3d: Model3DConfig
+    train3d: TrainConfig
+    inference: InferenceConfig
+    meta: MetaConfig
+    planes: tuple[str, ...] = ("xy", "xz", "yz")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+
+def _paper() -> Preset:
+    train3d = TrainConfig(
+        iterations=15000,
+        batch_size=4,
+        patch=(64, 64, 64),
+        schedule="poly",
+        checkpoint_every=500,
+        checkpoint_seconds=600.0,
+    )
+    return Preset(
+        name="paper",
+        model2d=Model2DConfig(base_channels=32, depth=4),
+        train2d=TrainConfig(
+            iterations=20000,
+            batch_size=16,
+            patch=(128, 128),
+            schedule="step",
+            step_at=10000,
+            step_gamma=0.1,
+            checkpoint_every=1000,
+            checkpoint_seconds=600.0,
+        ),
+        model3d=Model3DConfig(),
+        train3d=train3d,
+        inference=InferenceConfig(patch=(64, 64, 64), overlap=0.5, sw_batch_size=4),
+        meta=MetaConfig(
+            model=Model3DConfig(),
+            train=dataclasses.replace(train3d, iterations=15000),
+            stage1_iterations=10000,
+            stage2_iterations=5000,
+            switch_threshold=0.05,
+            ay_stem_channels=16,
+        ),
+    )
+
+
+def _cpu() -> Preset:
+    model3d = Model3DConfig(
+        stem_channels=16,
+        growth=8,
+        block_layers=(4, 4),
+        up_channels=(32, 16),
+        norm="batch",
+        dropout=0.1,
+    )
+    train3d = TrainConfig(
+        iterations=400,
+        batch_size=2,
+        patch=(32, 32, 32),
+        schedule="poly",
+        checkpoint_every=100,
+        checkpoint_seconds=60.0,
+    )
+    return Preset(
+        name="cpu",
+        model2d=Model2DConfig(base_channels=16, depth=3, norm="batch"),
+        train2d=TrainConfig(
+            iterations=600,
+            batch_size=8,
+            patch=(48, 48),
+            schedule="step",
+            step_at=450,
+            step_gamma=0.1,
+            checkpoint_every=100,
+            checkpoint_seconds=60.0,
+        ),
+        model3d=model3d,
+        train3d=train3d,
+        inference=InferenceConfig(patch=(48, 48, 48), overlap=0.25, sw_batch_size=2),
+        meta=MetaConfig(
+            model=model3d,
+            train=dataclasses.replace(train3d, iterations=600),
+            stage1_iterations=400,
+            stage2_iterations=200,
+            switch_threshold=0.05,
+            ay_stem_channels=8,
+        ),
+    )
+
+
+PRESETS = {"cpu": _cpu, "paper": _paper}
+
+
+def get_preset(name: str, overrides: list[str] | dict[str, Any] | None = None) -> Preset:
+    """A fresh preset by name ('cpu' or 'paper'), with optional overrides (see apply_overrides)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (expected one of {', '.join(PRESETS)})")
+    preset = PRESETS[name]()
+    return apply_overrides(preset, overrides) if overrides else preset
+
+
+def _convert(value: Any, current: Any) -> Any:
+    if isinstance(value, str) and not isinstance(current, str):
+        text = value.strip()
+        if isinstance(current, bool):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected a boolean, got {value!r}")
+        if isinstance(current, tuple):
+            parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+            kind = type(current[0]) if current else int
+            return tuple(kind(p) for p in parts)
+        return type(current)(text)
+    if isinstance(current, tuple) and isinstance(value, list):
+        return tuple(value)
+    if isinstance(current, float) and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def _set(obj: Any, path: list[str], value: Any) -> Any:
+    names = {f.name for f in dataclasses.fields(obj)}
+    if path[0] not in names:
+        raise ValueError(f"unknown setting {path[0]!r} in {type(obj).__name__}")
+    current = getattr(obj, path[0])
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ValueError(f"{path[0]!r} has no sub-settings")
+        return dataclasses.replace(obj, **{path[0]: _set(current, path[1:], value)})
+    return dataclasses.replace(obj, **{path[0]: _convert(value, current)})
+
+
+def apply_overrides(preset: Preset, overrides: list[str] | dict[str, Any]) -> Preset:
+    """Override dotted fields: ``["train3d.iterations=300", "train3d.patch=32x32x32"]`` or a dict
+    ``{"meta.train.iterations": 100}``. Raises ValueError on an unknown field or bad value."""
+    items = overrides.items() if isinstance(overrides, dict) else []
+    if not isinstance(overrides, dict):
+        parsed = []
+        for text in overrides:
+            if "=" not in text:
+                raise ValueError(f"override must look like section.field=value, got {text!r}")
+            key, value = text.split("=", 1)
+            parsed.append((key.strip(), value))
+        items = parsed
+    for key, value in items:
+        preset = _set(preset, key.split("."), value)
+    return preset
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        default = getattr(cls(), f.name) if cls is not Preset else None
+        if dataclasses.is_dataclass(f.type) or f.name in _NESTED.get(cls.__name__, {}):
+            value = _from_dict(_NESTED[cls.__name__][f.name], value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+_NESTED = {
+    "Preset": {
+        "model2d": Model2DConfig,
+        "train2d": TrainConfig,
+        "model3d": Model3DConfig,
+        "train3d": TrainConfig,
+        "inference": InferenceConfig,
+        "meta": MetaConfig,
+    },
+    "MetaConfig": {"model": Model3DConfig, "train": TrainConfig},
+}
+
+
+def preset_from_dict(data: dict[str, Any]) -> Preset:
+    """Inverse of :meth:`Preset.to_dict` (unknown keys are ignored, missing ones take defaults
+    of the named preset)."""
+    base = get_preset(data["name"]) if data.get("name") in PRESETS else _cpu()
+    merged = _merge(base.to_dict(), data)
+    return _from_dict(Preset, merged)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if k in out and isinstance(out[k], dict) and isinstance(v, dict):
+            out[k] = _merge(out[k], v)
+        elif k in out:
+            out[k] = v
+    return out

@@ -1,0 +1,298 @@
+"""The one training loop shared by the 2D, 3D and meta models.
+
+:func:`fit` runs Adam with the configured schedule under bf16 autocast (CPU with bf16 support, and
+CUDA) and writes atomic checkpoints that resume exactly: model, optimizer, step, RNG states,
+history and the caller's extra state. Checkpoints hold only tensors and primitive containers, so
+``torch.load(path, weights_only=True)`` reads them.
+
+Exact resumption relies on ``batches(step)`` being a pure function of the step (the samplers in
+:mod:`sparseseg.training.sampling` seed each step's draw from ``(seed, step)``); then a run killed
+at any point and resumed ends in the same state as an unbroken run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from sparseseg.fileio import atomic_path
+from sparseseg.training.schedules import lr_at
+
+Batch = dict[str, Any]
+LossFn = Callable[[nn.Module, Batch, int], tuple[torch.Tensor, dict[str, float]]]
+
+CHECKPOINT_FORMAT = 1
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> Any: ...
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """'auto' / None -> cuda if available else cpu; otherwise ``torch.device(device)``."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 matrix support (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # older torch
+        return False
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None: plain fp32)."""
+    if precision == "fp32":
+        return None
+    if precision not in ("auto", "bf16", "fp16"):
+        raise ValueError(f"unknown precision {precision!r} (expected auto, bf16, fp16 or fp32)")
+    if device.type == "cuda":
+        if precision == "fp16" or not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    if precision == "bf16" or (precision == "auto" and cpu_supports_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """An autocast context for ``device`` and ``precision`` (a null context for fp32)."""
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def memory_format_for(dim: int) -> torch.memory_format:
+    return torch.channels_last_3d if dim == 5 else torch.channels_last
+
+
+def batch_to(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
+    """Move every tensor of ``batch`` to ``device`` (float 4D/5D tensors in channels-last order
+    when asked); other values pass through."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if channels_last and value.is_floating_point() and value.dim() in (4, 5):
+                value = value.contiguous(memory_format=memory_format_for(value.dim()))
+        out[key] = value
+    return out
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Atomically write a checkpoint dict (tensors and primitive containers only)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def fit(
+    model: nn.Module,
+    batches: Callable[[int], Batch],
+    loss_fn: LossFn,
+    cfg,
+    checkpoint: str | Path | None = None,
+    *,
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    progress_desc: str = "train",
+    progress: bool = True,
+    extra_state: dict[str, Stateful] | None = None,
+    should_stop: Callable[[int, dict[str, float]], bool] | None = None,
+    iterations: int | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` in place for ``cfg.iterations`` (or ``iterations``) steps; return history.
+
+    Each step: ``batch = batches(step)`` (tensors moved to the device), then
+    ``loss, logs = loss_fn(model, batch, step)`` under autocast, backward, Adam step with the
+    learning rate of ``lr_at(step, cfg)``. ``cfg`` is a :class:`sparseseg.config.TrainConfig`.
+
+    ``checkpoint``: file written every ``cfg.checkpoint_every`` steps or ``cfg.checkpoint_seconds``
+    and at the end. With ``resume=True`` an existing checkpoint is continued (a finished one only
+    loads the weights); without it any old checkpoint is overwritten. ``extra_state`` objects
+    (``state_dict``/``load_state_dict``) are saved and restored with it, e.g. NN-fit's choices.
+    ``should_stop(steps_done, logs)`` ends training early (the checkpoint is then marked done).
+
+    History: one dict per ``cfg.log_every`` steps with 'step' (steps done), 'lr', 'loss', 'time'
+    (seconds of training so far) and the mean of every numeric value ``loss_fn`` logged.
+    """
+    device = resolve_device(device)
+    total = int(cfg.iterations if iterations is None else iterations)
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    if cfg.channels_last and device.type == "cpu":
+        model.to(memory_format=torch.channels_last_3d if _is_3d(model) else torch.channels_last)
+    optimizer = torch.optim.Adam(
+        model.parameters(),
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+    )
+    amp_dtype = autocast_dtype(device, cfg.precision)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    history: list[dict[str, float]] = []
+    start, elapsed = 0, 0.0
+    path = Path(checkpoint) if checkpoint is not None else None
+
+    if resume and path is not None and path.exists():
+        state = load_checkpoint(path, map_location=device)
+        model.load_state_dict(state["model"])
+        history = list(state.get("history", []))
+        if state.get("done"):
+            return history
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        for name, obj in (extra_state or {}).items():
+            if name in state.get("extra", {}):
+                obj.load_state_dict(state["extra"][name])
+        _set_rng_state(state["rng"])
+        start, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
+
+    def snapshot(step: int, done: bool) -> None:
+        if path is None:
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "done": done,
+            "elapsed": elapsed,
+            "rng": _rng_state(),
+            "history": history,
+            "extra": {k: v.state_dict() for k, v in (extra_state or {}).items()},
+        }
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        save_checkpoint(path, state)
+
+    bar = _progress_bar(total, start, progress_desc, progress)
+    window: dict[str, list[float]] = {}
+    last_save = time.monotonic()
+    step = start
+    try:
+        while step < total:
+            t0 = time.perf_counter()
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = batch_to(batches(step), device, cfg.channels_last and device.type == "cpu")
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, cfg.precision):
+                loss, logs = loss_fn(model, batch, step)
+            if not torch.isfinite(loss.detach()):
+                raise FloatingPointError(
+                    f"{progress_desc}: loss is {float(loss)} at step {step}; lower the learning "
+                    "rate or use precision=fp32"
+                )
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            step += 1
+            dt = time.perf_counter() - t0
+            elapsed += dt
+            values = {"loss": float(loss.detach()), **logs}
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    window.setdefault(key, []).append(float(value))
+            voxels = _voxels(batch)
+            bar.set_postfix(
+                loss=f"{values['loss']:.4f}",
+                **({"vox/s": f"{voxels / dt:.3g}"} if voxels else {}),
+                refresh=False,
+            )
+            bar.update(1)
+            stop = should_stop is not None and should_stop(step, logs)
+            if step % cfg.log_every == 0 or step == total or stop:
+                entry = {"step": step, "lr": lr, "time": round(elapsed, 3)}
+                entry.update({k: sum(v) / len(v) for k, v in window.items()})
+                history.append(entry)
+                window = {}
+            if stop:
+                break
+            if step < total and (
+                step % cfg.checkpoint_every == 0
+                or time.monotonic() - last_save > cfg.checkpoint_seconds
+            ):
+                snapshot(step, done=False)
+                last_save = time.monotonic()
+    finally:
+        bar.close()
+    snapshot(step, done=True)
+    model.eval()
+    return history
+
+
+def _is_3d(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) for m in model.modules())
+
+
+def _voxels(batch: Batch) -> int:
+    image = batch.get("image")
+    if isinstance(image, torch.Tensor) and image.dim() >= 3:
+        return int(image.shape[0] * math.prod(image.shape[2:]))
+    return 0
+
+
+def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        disable=not enabled,
+        dynamic_ncols=True,
+        mininterval=1.0,
+        unit="it",
+    )
+
+
+def supervised_loss(ignore_index: int | None, aux_weight: float = 0.5) -> LossFn:
+    """The base models' loss_fn: masked CE of ``model(batch['image'])`` against ``batch['label']``
+    (plus deep supervision for models that return ``(main, aux)``)."""
+    from sparseseg.training.losses import deep_supervision_loss
+
+    def loss_fn(model: nn.Module, batch: Batch, step: int):
+        return deep_supervision_loss(
+            model(batch["image"]), batch["label"], ignore_index, aux_weight
+        )
+
+    return loss_fn

@@ -1,0 +1,228 @@
+"""Normalisation and the patch samplers that feed :func:`sparseseg.training.loop.fit`.
+
+Both samplers are callables ``sampler(step) -> batch`` whose draw depends only on ``(seed, step)``,
+so a resumed run sees the same batches as an unbroken one.
+
+Cases are dicts of numpy arrays sharing the spatial shape (X, Y, Z). Floating arrays (images,
+A(Y) maps) may carry a leading channel axis and are padded with 0 (the mean after z-scoring);
+integer arrays (labels, stacks of pseudo-labels) are padded with ``ignore_index`` so padding never
+supervises. Batches hold float32 tensors (B, C, *patch) for floating arrays (a channel axis is added
+when absent) and int64 tensors (B, [T,] *patch) for integer arrays, under the same keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from sparseseg.data.planes import PLANES, to_slices
+from sparseseg.training.augment import apply_transform, crop_shape_for, draw_transform
+
+Case = Mapping[str, np.ndarray]
+
+
+def zscore(image: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    """Per-volume z-scoring: (image - mean) / std over all voxels, as float32."""
+    image = np.asarray(image, dtype=np.float32)
+    mean, std = float(image.mean()), float(image.std())
+    return (image - mean) / max(std, eps)
+
+
+def crop_padded(
+    array: np.ndarray, start: Sequence[int], shape: Sequence[int], pad_value: float | int
+) -> np.ndarray:
+    """The region ``[start, start + shape)`` of the last ``len(shape)`` axes of ``array``; parts
+    outside the array are filled with ``pad_value``. ``start`` may be negative."""
+    nd = len(shape)
+    lead = array.shape[:-nd]
+    out = np.full((*lead, *shape), pad_value, dtype=array.dtype)
+    src, dst = [], []
+    for s, n, size in zip(start, shape, array.shape[-nd:], strict=True):
+        lo, hi = max(s, 0), min(s + n, size)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[(..., *dst)] = array[(..., *src)]
+    return out
+
+
+def _crop_start(rng: np.random.Generator, centre: Sequence[int] | None, size, shape) -> list[int]:
+    """Crop origin: the centre voxel lands at a uniform position inside the crop, and the crop
+    stays inside the volume where the volume is larger than the crop (else the volume is placed at
+    a uniform offset inside the padded crop)."""
+    starts = []
+    for i, (n, p) in enumerate(zip(size, shape, strict=True)):
+        lo, hi = min(0, n - p), max(0, n - p)
+        if centre is None:
+            s = int(rng.integers(lo, hi + 1))
+        else:
+            s = int(centre[i]) - int(rng.integers(0, p))
+            s = min(max(s, lo), hi)
+        starts.append(s)
+    return starts
+
+
+def _batch_tensors(items: list[dict[str, np.ndarray]], ndim: int) -> dict[str, torch.Tensor]:
+    out = {}
+    for key in items[0]:
+        arrays = [it[key] for it in items]
+        if np.issubdtype(arrays[0].dtype, np.floating):
+            if arrays[0].ndim == ndim:
+                arrays = [a[None] for a in arrays]
+            out[key] = torch.from_numpy(np.stack(arrays).astype(np.float32, copy=False))
+        else:
+            out[key] = torch.from_numpy(np.stack(arrays).astype(np.int64, copy=False))
+    return out
+
+
+class PatchSampler3D:
+    """Random 3D crops with flips and axial 90-degree rotations, favouring annotated voxels.
+
+    With probability ``annotated_fraction`` a crop contains a voxel drawn uniformly from the
+    annotated voxels (``cases[i][label_key] != ignore_index``) of the case; otherwise the crop is
+    placed uniformly. Cases are drawn uniformly. ``flip_axes`` are spatial axes 0..2 (all three
+    for sparse labels, so supervised planes do not sit at fixed positions).
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        patch: Sequence[int],
+        batch_size: int,
+        *,
+        ignore_index: int | None,
+        label_key: str = "label",
+        annotated_fraction: float = 0.67,
+        flip_axes: Sequence[int] = (0, 1, 2),
+        rot90_xy: bool = True,
+        seed: int = 0,
+        max_candidates: int = 100_000,
+    ):
+        if not cases:
+            raise ValueError("no cases to sample from")
+        self.cases = list(cases)
+        self.patch = tuple(int(p) for p in patch)
+        self.batch_size = int(batch_size)
+        self.ignore_index = ignore_index
+        self.annotated_fraction = float(annotated_fraction)
+        self.flip_axes = tuple(flip_axes)
+        self.rot90_xy = rot90_xy
+        self.seed = int(seed)
+        rng = np.random.default_rng([self.seed, 2**31 - 1])
+        self.candidates: list[np.ndarray] = []
+        for case in self.cases:
+            label = case.get(label_key)
+            if label is None or ignore_index is None:
+                self.candidates.append(np.zeros(0, dtype=np.int64))
+                continue
+            flat = np.flatnonzero(label.reshape(-1) != ignore_index)
+            if flat.size > max_candidates:
+                flat = np.sort(rng.choice(flat, max_candidates, replace=False))
+            self.candidates.append(flat)
+        if ignore_index is not None and label_key in self.cases[0]:
+            if not any(c.size for c in self.candidates):
+                raise ValueError("no annotated voxel in any case")
+
+    def spatial_shape(self, i: int) -> tuple[int, int, int]:
+        return tuple(self.cases[i][next(iter(self.cases[i]))].shape[-3:])
+
+    def sample_one(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        i = int(rng.integers(len(self.cases)))
+        size = self.spatial_shape(i)
+        k, flips = draw_transform(rng, 3, self.flip_axes, self.rot90_xy)
+        shape = crop_shape_for(self.patch, k)
+        centre = None
+        cand = self.candidates[i]
+        if cand.size and rng.random() < self.annotated_fraction:
+            centre = np.unravel_index(int(cand[rng.integers(cand.size)]), size)
+        start = _crop_start(rng, centre, size, shape)
+        out = {}
+        for key, array in self.cases[i].items():
+            floating = np.issubdtype(array.dtype, np.floating)
+            pad = 0.0 if floating else (self.ignore_index if self.ignore_index is not None else 0)
+            out[key] = apply_transform(crop_padded(array, start, shape, pad), 3, k, flips)
+        return out
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, int(step)])
+        return _batch_tensors([self.sample_one(rng) for _ in range(self.batch_size)], 3)
+
+
+class SliceSampler2D:
+    """2D training samples from slices of several planes (paper, Step II).
+
+    Each sample draws a case (uniformly), a plane (uniformly among ``planes`` that hold annotation
+    in that case), an annotated slice of that plane (probability proportional to its number of
+    annotated pixels, so every annotated pixel is equally likely to be chosen) and a crop of
+    ``patch`` that, with probability ``annotated_fraction``, contains an annotated pixel; then
+    random flips of both axes and 90-degree rotations. Works unchanged on dense labels.
+    Batches: 'image' (B, Cin, a, b) float32 and 'label' (B, a, b) int64.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        patch: Sequence[int],
+        batch_size: int,
+        *,
+        ignore_index: int | None,
+        planes: Sequence[str] = PLANES,
+        annotated_fraction: float = 0.67,
+        flip: bool = True,
+        rot90: bool = True,
+        seed: int = 0,
+    ):
+        self.cases = list(cases)
+        self.patch = tuple(int(p) for p in patch)
+        self.batch_size = int(batch_size)
+        self.ignore_index = ignore_index
+        self.annotated_fraction = float(annotated_fraction)
+        self.flip = flip
+        self.rot90 = rot90
+        self.seed = int(seed)
+        # weights[i][plane]: annotated pixels per slice
+        self.weights: list[dict[str, np.ndarray]] = []
+        for case in self.cases:
+            label = case["label"]
+            annotated = (
+                np.ones(label.shape, bool) if ignore_index is None else label != ignore_index
+            )
+            per_plane = {}
+            for plane in planes:
+                counts = to_slices(annotated, plane).sum(axis=(-2, -1)).astype(np.float64)
+                if counts.sum() > 0:
+                    per_plane[plane] = counts / counts.sum()
+            self.weights.append(per_plane)
+        self.usable = [i for i, w in enumerate(self.weights) if w]
+        if not self.usable:
+            raise ValueError("no annotated slice in any case")
+
+    def sample_one(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        i = self.usable[int(rng.integers(len(self.usable)))]
+        case, weights = self.cases[i], self.weights[i]
+        planes = sorted(weights)
+        plane = planes[int(rng.integers(len(planes)))]
+        n = int(rng.choice(len(weights[plane]), p=weights[plane]))
+        label = to_slices(case["label"], plane)[n]
+        image = to_slices(case["image"], plane)[..., n, :, :]
+        k, flips = draw_transform(rng, 2, (0, 1) if self.flip else (), self.rot90)
+        shape = crop_shape_for(self.patch, k)
+        centre = None
+        if rng.random() < self.annotated_fraction:
+            ann = label != self.ignore_index if self.ignore_index is not None else None
+            flat = np.flatnonzero(ann) if ann is not None else np.arange(label.size)
+            if flat.size:
+                centre = np.unravel_index(int(flat[rng.integers(flat.size)]), label.shape)
+        start = _crop_start(rng, centre, label.shape, shape)
+        pad_label = self.ignore_index if self.ignore_index is not None else 0
+        return {
+            "image": apply_transform(crop_padded(image, start, shape, 0.0), 2, k, flips),
+            "label": apply_transform(crop_padded(label, start, shape, pad_label), 2, k, flips),
+        }
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, int(step)])
+        return _batch_tensors([self.sample_one(rng) for _ in range(self.batch_size)], 2)
