@@ -1,0 +1,155 @@
+"""Prediction with the base models: 3D sliding windows and 2D plane-by-plane.
+
+Both functions take an image (X, Y, Z) or (Cin, X, Y, Z) as numpy, run the model in eval mode under
+bf16 autocast where the device supports it (``precision='fp32'`` turns that off) and return
+softmax probabilities (C, X, Y, Z) float32 in the input's extent (padding is cropped away).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparseseg.data.planes import PLANES, to_slices
+from sparseseg.training.loop import autocast, memory_format_for, resolve_device
+from sparseseg.training.sampling import zscore
+
+
+def _as_channels(image: np.ndarray, normalize: bool) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3:
+        image = (zscore(image) if normalize else image)[None]
+    elif image.ndim == 4:
+        if normalize:
+            image = np.stack([zscore(image[0]), *image[1:]])
+    else:
+        raise ValueError(f"expected (X, Y, Z) or (Cin, X, Y, Z), got shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def valid_roi(patch: Sequence[int], shape: Sequence[int], stride: int) -> tuple[int, ...]:
+    """The window size: ``patch`` capped at the image size, rounded up to a multiple of
+    ``stride`` (MONAI pads the image where the window is larger)."""
+    return tuple(
+        int(math.ceil(min(p, s) / stride) * stride) for p, s in zip(patch, shape, strict=True)
+    )
+
+
+def _model_stride(model: nn.Module, default: int) -> int:
+    return int(getattr(model, "stride", default))
+
+
+def predict_volume_3d(
+    model: nn.Module,
+    image: np.ndarray,
+    patch: Sequence[int],
+    overlap: float = 0.5,
+    *,
+    sw_batch_size: int = 2,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    normalize: bool = False,
+    channels_last: bool = False,
+    progress: bool = False,
+) -> np.ndarray:
+    """Gaussian-weighted sliding-window probabilities (C, X, Y, Z) of a 3D model.
+
+    ``image``: (X, Y, Z) or (Cin, X, Y, Z); with ``normalize`` the first channel is z-scored
+    (A(Y)-style extra channels are left alone). Windows of ``patch`` (rounded to the model's
+    stride, capped at the image size) overlap by ``overlap``; MONAI's
+    ``sliding_window_inference`` averages the windows' softmax outputs with Gaussian weights.
+    """
+    from monai.inferers import sliding_window_inference
+
+    device = resolve_device(device)
+    x = torch.from_numpy(_as_channels(image, normalize))[None]
+    roi = valid_roi(patch, x.shape[2:], _model_stride(model, 4))
+    model.eval().to(device)
+    use_cl = channels_last and device.type == "cpu"
+    if use_cl:
+        model.to(memory_format=torch.channels_last_3d)
+
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        if use_cl:
+            window = window.contiguous(memory_format=torch.channels_last_3d)
+        with autocast(device, precision):
+            logits = model(window)
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        return torch.softmax(logits.float(), dim=1)
+
+    with torch.inference_mode():
+        probs = sliding_window_inference(
+            x,
+            roi_size=roi,
+            sw_batch_size=sw_batch_size,
+            predictor=predictor,
+            overlap=overlap,
+            mode="gaussian",
+            padding_mode="constant",
+            cval=0.0,
+            sw_device=device,
+            device=torch.device("cpu"),
+            progress=progress,
+        )
+    return probs[0].float().numpy()
+
+
+def predict_planes_2d(
+    model: nn.Module,
+    image: np.ndarray,
+    planes: Sequence[str] = PLANES,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    normalize: bool = False,
+    labels_only: bool = False,
+    channels_last: bool = False,
+) -> dict[str, np.ndarray]:
+    """Run a 2D model over every slice of each plane.
+
+    Returns ``{plane: probs (C, X, Y, Z) float32}``, or with ``labels_only`` ``{plane: argmax
+    (X, Y, Z) uint8}`` (C times less memory). Slices go through in batches of ``batch_size``,
+    zero-padded to multiples of the model's stride, then cropped back.
+    """
+    device = resolve_device(device)
+    x = _as_channels(image, normalize)
+    stride = _model_stride(model, 16)
+    model.eval().to(device)
+    use_cl = channels_last and device.type == "cpu"
+    if use_cl:
+        model.to(memory_format=torch.channels_last)
+    num_classes = int(model.num_classes)
+    out: dict[str, np.ndarray] = {}
+    for plane in planes:
+        slices = to_slices(x, plane)  # (Cin, N, A, B)
+        n_slices, a, b = slices.shape[1:]
+        pa, pb = -a % stride, -b % stride
+        if labels_only:
+            result = np.zeros(x.shape[1:], dtype=np.uint8)
+            view = to_slices(result, plane)  # (N, A, B)
+        else:
+            result = np.zeros((num_classes, *x.shape[1:]), dtype=np.float32)
+            view = to_slices(result, plane)  # (C, N, A, B)
+        with torch.inference_mode():
+            for n0 in range(0, n_slices, batch_size):
+                n1 = min(n0 + batch_size, n_slices)
+                chunk = np.moveaxis(slices[:, n0:n1], 0, 1)  # (b, Cin, A, B)
+                t = torch.from_numpy(np.ascontiguousarray(chunk)).to(device)
+                t = torch.nn.functional.pad(t, (0, pb, 0, pa))
+                if use_cl:
+                    t = t.contiguous(memory_format=memory_format_for(4))
+                with autocast(device, precision):
+                    logits = model(t)
+                logits = logits[..., :a, :b].float()
+                if labels_only:
+                    view[n0:n1] = logits.argmax(1).to(torch.uint8).cpu().numpy()
+                else:
+                    view[:, n0:n1] = np.moveaxis(torch.softmax(logits, 1).cpu().numpy(), 0, 1)
+        out[plane] = result
+    return out
