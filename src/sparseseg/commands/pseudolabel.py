@@ -1,0 +1,51 @@
+"""``sparseseg pseudolabel DATASET --out DIR``: Step II, base models and the four PL sets."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train the sparse 2D and 3D base models and write the four pseudo-label sets (Step II)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", metavar="DATASET", help="dataset folder with sparse labels")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--preset", default="cpu", choices=("cpu", "paper"), help="sizes and schedules (cpu)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a preset field, e.g. train3d.iterations=200 (repeatable)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue interrupted training from its checkpoint"
+    )
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparseseg.config import get_preset
+    from sparseseg.data.layout import Dataset
+    from sparseseg.errors import InputError
+    from sparseseg.pseudolabels import PL_SETS, pl_dir, run_step2
+
+    try:
+        preset = get_preset(args.preset, args.overrides)
+    except ValueError as exc:
+        raise InputError(f"bad --set: {exc}") from None
+    dataset = Dataset.open(args.dataset)
+    summary = run_step2(
+        dataset, args.out, preset, resume=args.resume, device=args.device, progress=not args.quiet
+    )
+    for name in PL_SETS:
+        print(f"{name}: {pl_dir(args.out, name)}")
+    print(
+        f"{len(summary['cases'])} cases; training {summary['training_seconds_last_run']} s, "
+        f"pseudo-labels {summary['pseudolabel_seconds_last_run']} s (this run)"
+    )
+    return 0

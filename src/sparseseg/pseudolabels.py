@@ -1,0 +1,429 @@
+"""Step II: the sparse 2D and 3D base models and the four pseudo-label (PL) sets.
+
+On disk, under ``OUT`` (each file written atomically; rerunning skips what exists)::
+
+    OUT/models/model2d.pt, model3d.pt      trained base models (sparseseg.models.save_model)
+    OUT/checkpoints/model2d.ckpt, ...      training checkpoints (resume with ``resume=True``)
+    OUT/pl_xy/ pl_xz/ pl_yz/ pl_3d/        one nnU-Net raw dataset per PL set: dataset.json,
+                                           imagesTr/CASE_0000 (hard links or copies of the source
+                                           images), labelsTr/CASE (dense labels 0..C-1)
+    OUT/mean/CASE.nii.gz                   A(Y): mean of the one-hot PL sets, float32 (X, Y, Z, C)
+    OUT/step2.json                         summary: preset, classes, cases, training histories
+
+Every PL keeps the manual label wherever the voxel was annotated (label != ignore). All NIfTI files
+carry the source image's affine. Images are z-scored per volume before training and inference.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sparseseg.config import Preset
+from sparseseg.data.io import read_nifti, write_nifti
+from sparseseg.data.layout import Dataset, write_dataset_json
+from sparseseg.errors import InputError
+from sparseseg.fileio import write_json
+
+PL_SETS = ("xy", "xz", "yz", "3d")
+MODEL2D, MODEL3D = "model2d", "model3d"
+
+
+# Paths ----------------------------------------------------------------------------------------
+def model_path(out_dir: str | Path, name: str) -> Path:
+    """OUT/models/{name}.pt for name 'model2d' or 'model3d'."""
+    return Path(out_dir) / "models" / f"{name}.pt"
+
+
+def checkpoint_path(out_dir: str | Path, name: str) -> Path:
+    return Path(out_dir) / "checkpoints" / f"{name}.ckpt"
+
+
+def pl_dir(out_dir: str | Path, pl_set: str) -> Path:
+    """OUT/pl_{pl_set}: the nnU-Net dataset folder of one PL set ('xy', 'xz', 'yz', '3d')."""
+    return Path(out_dir) / f"pl_{pl_set}"
+
+
+def pl_path(out_dir: str | Path, pl_set: str, case: str, file_ending: str = ".nii.gz") -> Path:
+    return pl_dir(out_dir, pl_set) / "labelsTr" / f"{case}{file_ending}"
+
+
+def mean_path(out_dir: str | Path, case: str, file_ending: str = ".nii.gz") -> Path:
+    return Path(out_dir) / "mean" / f"{case}{file_ending}"
+
+
+# Data -----------------------------------------------------------------------------------------
+def training_ignore_index(dataset: Dataset) -> int:
+    """The label value that marks unannotated voxels: the dataset's ``ignore`` value, or C for a
+    densely labelled dataset (then only padding carries it)."""
+    ignore = dataset.ignore_value
+    return dataset.num_classes if ignore is None else int(ignore)
+
+
+def load_training_cases(dataset: Dataset, split: str = "Tr") -> list[dict[str, np.ndarray]]:
+    """``[{'image': z-scored float32 (X, Y, Z), 'label': int16 (X, Y, Z)}]`` for every case."""
+    from sparseseg.training.sampling import zscore
+
+    if not dataset.has_labels(split):
+        raise InputError(f"every case in images{split} needs a label file", dataset.root)
+    cases = []
+    for case in dataset.cases(split):
+        image, label = dataset.load_pair(case, split)
+        cases.append({"image": zscore(image.array), "label": label.array.astype(np.int16)})
+    return cases
+
+
+# Training -------------------------------------------------------------------------------------
+def train_model2d(
+    cases: Sequence[Mapping[str, np.ndarray]],
+    num_classes: int,
+    ignore_index: int,
+    preset: Preset,
+    checkpoint: str | Path | None = None,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+):
+    """Train the 2D base model on slices of ``preset.planes`` of all cases -> (model, history)."""
+    from sparseseg.models import build_model2d
+    from sparseseg.training.loop import fit, supervised_loss
+    from sparseseg.training.sampling import SliceSampler2D
+
+    cfg = preset.train2d
+    in_channels = 1 if cases[0]["image"].ndim == 3 else cases[0]["image"].shape[0]
+    model = build_model2d(preset.model2d, in_channels, num_classes)
+    sampler = SliceSampler2D(
+        cases,
+        cfg.patch,
+        cfg.batch_size,
+        ignore_index=ignore_index,
+        planes=preset.planes,
+        annotated_fraction=cfg.annotated_fraction,
+        flip=bool(cfg.flip_axes),
+        rot90=cfg.rot90_xy,
+        seed=cfg.seed,
+    )
+    history = fit(
+        model,
+        sampler,
+        supervised_loss(ignore_index),
+        cfg,
+        checkpoint,
+        resume=resume,
+        device=device,
+        progress_desc="2D base model",
+        progress=progress,
+    )
+    return model, history
+
+
+def train_model3d(
+    cases: Sequence[Mapping[str, np.ndarray]],
+    num_classes: int,
+    ignore_index: int,
+    preset: Preset,
+    checkpoint: str | Path | None = None,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+):
+    """Train the sparse 3D base model (DenseVoxNet) on random crops; return (model, history).
+
+    Also the fully-supervised reference: pass dense labels (ignore_index = C)."""
+    from sparseseg.models import build_model3d
+    from sparseseg.training.loop import fit, supervised_loss
+    from sparseseg.training.sampling import PatchSampler3D
+
+    cfg = preset.train3d
+    in_channels = 1 if cases[0]["image"].ndim == 3 else cases[0]["image"].shape[0]
+    model = build_model3d(preset.model3d, in_channels, num_classes)
+    sampler = PatchSampler3D(
+        cases,
+        cfg.patch,
+        cfg.batch_size,
+        ignore_index=ignore_index,
+        annotated_fraction=cfg.annotated_fraction,
+        flip_axes=cfg.flip_axes,
+        rot90_xy=cfg.rot90_xy,
+        seed=cfg.seed,
+    )
+    history = fit(
+        model,
+        sampler,
+        supervised_loss(ignore_index, cfg.aux_weight),
+        cfg,
+        checkpoint,
+        resume=resume,
+        device=device,
+        progress_desc="3D base model",
+        progress=progress,
+    )
+    return model, history
+
+
+def train_base_models(
+    dataset: Dataset | str | Path,
+    out_dir: str | Path,
+    preset: Preset,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Train (or skip, where OUT/models/NAME.pt exists) the 2D and 3D base models.
+
+    Returns ``{'model2d': path, 'model3d': path}``; histories go to OUT/step2.json.
+    """
+    from sparseseg.models import save_model
+
+    dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
+    out_dir = Path(out_dir)
+    paths = {MODEL2D: model_path(out_dir, MODEL2D), MODEL3D: model_path(out_dir, MODEL3D)}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    cases = load_training_cases(dataset)
+    num_classes, ignore = dataset.num_classes, training_ignore_index(dataset)
+    summary = _read_summary(out_dir)
+    for name, trainer, kind, cfg in (
+        (MODEL2D, train_model2d, "unet2d", preset.model2d),
+        (MODEL3D, train_model3d, "densevoxnet", preset.model3d),
+    ):
+        if paths[name].exists():
+            continue
+        t0 = time.perf_counter()
+        model, history = trainer(
+            cases,
+            num_classes,
+            ignore,
+            preset,
+            checkpoint_path(out_dir, name),
+            resume=resume,
+            device=device,
+            progress=progress,
+        )
+        save_model(paths[name], model, kind, cfg, extra={"preset": preset.name})
+        summary.setdefault("training", {})[name] = {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "history": history,
+        }
+        _write_summary(out_dir, dataset, preset, summary)
+    return paths
+
+
+def load_base_models(out_dir: str | Path):
+    """(model2d, model3d) from OUT/models, in eval mode on the CPU."""
+    from sparseseg.models import load_model
+
+    model2d, _ = load_model(model_path(out_dir, MODEL2D))
+    model3d, _ = load_model(model_path(out_dir, MODEL3D))
+    return model2d, model3d
+
+
+# Pseudo-labels --------------------------------------------------------------------------------
+def compute_pseudolabels(
+    model2d: torch.nn.Module,
+    model3d: torch.nn.Module,
+    image: np.ndarray,
+    preset: Preset,
+    manual: np.ndarray | None = None,
+    ignore_index: int | None = None,
+    *,
+    device: str | None = None,
+) -> dict[str, np.ndarray]:
+    """The four PLs of one z-scored image (X, Y, Z): ``{'xy', 'xz', 'yz', '3d': uint8 (X, Y, Z)}``.
+
+    The 2D model runs over every slice of each plane; planes outside ``preset.planes`` (e.g. EM
+    with xy only) still get a PL from the 2D model, so there are always four sets. Where
+    ``manual`` is given and != ``ignore_index``, the manual label replaces the prediction.
+    """
+    from sparseseg.inference import predict_planes_2d, predict_volume_3d
+
+    inf = preset.inference
+    pls = predict_planes_2d(
+        model2d,
+        image,
+        ("xy", "xz", "yz"),
+        batch_size=inf.slice_batch_size,
+        device=device,
+        labels_only=True,
+    )
+    probs = predict_volume_3d(
+        model3d, image, inf.patch, inf.overlap, sw_batch_size=inf.sw_batch_size, device=device
+    )
+    pls["3d"] = probs.argmax(0).astype(np.uint8)
+    if manual is not None:
+        pls = {k: apply_manual(v, manual, ignore_index) for k, v in pls.items()}
+    return pls
+
+
+def apply_manual(pl: np.ndarray, manual: np.ndarray, ignore_index: int | None) -> np.ndarray:
+    """``pl`` with ``manual`` written wherever ``manual != ignore_index`` (all of it if None)."""
+    if ignore_index is None:
+        return manual.astype(pl.dtype)
+    annotated = manual != ignore_index
+    out = pl.copy()
+    out[annotated] = manual[annotated].astype(pl.dtype)
+    return out
+
+
+def mean_one_hot(pls: Mapping[str, np.ndarray] | Sequence[np.ndarray], num_classes: int):
+    """A(Y): the mean of the one-hot encodings of the PLs, float32 (C, X, Y, Z) in [0, 1]."""
+    maps = list(pls.values()) if isinstance(pls, Mapping) else list(pls)
+    out = np.zeros((num_classes, *maps[0].shape), dtype=np.float32)
+    for pl in maps:
+        for c in range(num_classes):
+            out[c] += pl == c
+    return out / len(maps)
+
+
+def _case_done(out_dir: Path, case: str, ending: str) -> bool:
+    return mean_path(out_dir, case, ending).exists() and all(
+        pl_path(out_dir, s, case, ending).exists() for s in PL_SETS
+    )
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    if dst.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def generate_pseudolabels(
+    dataset: Dataset | str | Path,
+    out_dir: str | Path,
+    preset: Preset,
+    *,
+    device: str | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Write the four PL sets and A(Y) of every training case (skipping finished cases).
+
+    Needs the base models in OUT/models (see :func:`train_base_models`). Returns the cases.
+    """
+    from tqdm.auto import tqdm
+
+    dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
+    out_dir = Path(out_dir)
+    ending = dataset.file_ending
+    cases = dataset.cases("Tr")
+    todo = [c for c in cases if not _case_done(out_dir, c, ending)]
+    if todo:
+        from sparseseg.training.sampling import zscore
+
+        model2d, model3d = load_base_models(out_dir)
+        ignore = training_ignore_index(dataset)
+        for case in tqdm(todo, desc="pseudo-labels", disable=not progress, unit="case"):
+            image, label = dataset.load_pair(case)
+            pls = compute_pseudolabels(
+                model2d, model3d, zscore(image.array), preset, label.array, ignore, device=device
+            )
+            for name, pl in pls.items():
+                write_nifti(pl_path(out_dir, name, case, ending), image.with_array(pl))
+            ay = mean_one_hot(pls, dataset.num_classes)
+            write_nifti(mean_path(out_dir, case, ending), np.moveaxis(ay, 0, -1), image.affine)
+    for name in PL_SETS:
+        root = pl_dir(out_dir, name)
+        for case in cases:
+            _link_or_copy(
+                dataset.image_path(case), root / "imagesTr" / dataset.image_path(case).name
+            )
+        write_dataset_json(
+            root,
+            dataset.class_labels,
+            num_training=len(cases),
+            channel_names=dataset.meta.get("channel_names"),
+            name=f"{dataset.name}_pl_{name}",
+            file_ending=ending,
+            description=f"sparseseg pseudo-labels ({name}) of {dataset.name}",
+        )
+    return cases
+
+
+def run_step2(
+    dataset: Dataset | str | Path,
+    out_dir: str | Path,
+    preset: Preset,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train the base models and write the PL sets; return the summary (also OUT/step2.json)."""
+    dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    train_base_models(dataset, out_dir, preset, resume=resume, device=device, progress=progress)
+    t1 = time.perf_counter()
+    cases = generate_pseudolabels(dataset, out_dir, preset, device=device, progress=progress)
+    summary = _read_summary(out_dir)
+    summary["cases"] = cases
+    summary["pseudolabel_seconds_last_run"] = round(time.perf_counter() - t1, 1)
+    summary["training_seconds_last_run"] = round(t1 - t0, 1)
+    _write_summary(out_dir, dataset, preset, summary)
+    return summary
+
+
+def read_pseudolabels(out_dir: str | Path, case: str) -> dict[str, np.ndarray]:
+    """``{'xy', 'xz', 'yz', '3d': uint8 (X, Y, Z)}`` of one case from OUT."""
+    out = {}
+    for name in PL_SETS:
+        path = pl_path(out_dir, name, case)
+        if not path.exists():
+            path = pl_path(out_dir, name, case, ".nii")
+        out[name] = read_nifti(path, dtype=np.uint8).array
+    return out
+
+
+def read_mean_map(out_dir: str | Path, case: str) -> np.ndarray:
+    """A(Y) of one case as float32 (C, X, Y, Z) (stored as (X, Y, Z, C))."""
+    import nibabel as nib
+
+    path = mean_path(out_dir, case)
+    if not path.exists():
+        path = mean_path(out_dir, case, ".nii")
+    if not path.exists():
+        raise InputError("mean pseudo-label map not found", path)
+    data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    return np.ascontiguousarray(np.moveaxis(data, -1, 0))
+
+
+# Summary --------------------------------------------------------------------------------------
+def _read_summary(out_dir: Path) -> dict:
+    import json
+
+    path = Path(out_dir) / "step2.json"
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return {}
+    return {}
+
+
+def _write_summary(out_dir: Path, dataset: Dataset, preset: Preset, summary: dict) -> None:
+    summary.update(
+        {
+            "dataset": str(dataset.root),
+            "class_names": dataset.class_names,
+            "ignore_index": training_ignore_index(dataset),
+            "pl_sets": list(PL_SETS),
+            "preset": preset.to_dict(),
+        }
+    )
+    write_json(Path(out_dir) / "step2.json", summary)
