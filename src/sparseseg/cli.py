@@ -15,7 +15,11 @@ from sparseseg import __version__
 from sparseseg.errors import InputError
 
 # Subcommand name -> module under sparseseg.commands, in the order users meet them.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "phantom": "phantom",
+    "import": "import_",
+    "pseudolabel": "pseudolabel",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
