@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "phantom": "phantom",
     "import": "import_",
     "pseudolabel": "pseudolabel",
+    "evaluate": "evaluate",
 }
 
 
