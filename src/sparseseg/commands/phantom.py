@@ -12,8 +12,8 @@ def _shape(text: str) -> tuple[int, int, int]:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or min(values) < 8:
-        raise argparse.ArgumentTypeError(f"expected X,Y,Z of at least 8 voxels each, got {text!r}")
+    if len(values) != 3 or min(values) < 4:
+        raise argparse.ArgumentTypeError(f"expected X,Y,Z of at least 4 voxels each, got {text!r}")
     return values  # type: ignore[return-value]
 
 
