@@ -33,6 +33,15 @@ def strip_nifti_suffix(name: str) -> str:
     return name
 
 
+def _reason(exc: Exception, path: str | Path) -> str:
+    """An exception as one short line, without repeating the path the message names anyway."""
+    text = str(exc)
+    for quoted in (f'"{path}"', f"'{path}'", str(path)):
+        text = text.replace(quoted, "")
+    text = " ".join(text.split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def check_volume(array: np.ndarray, path: str | Path, *, finite: bool = True) -> None:
     """Raise InputError unless ``array`` is a 3D volume of finite numbers."""
     if array.ndim != 3:
@@ -58,7 +67,7 @@ def read_nifti(
         img = nib.load(str(path))
         array = np.asarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
-        raise InputError(f"cannot read NIfTI ({type(exc).__name__}: {exc})", path) from None
+        raise InputError(f"cannot read NIfTI ({_reason(exc, path)})", path) from None
     if channel is not None and array.ndim == 4:
         if not 0 <= channel < array.shape[3]:
             raise InputError(f"channel {channel} not in a 4D image of shape {array.shape}", path)
@@ -126,7 +135,7 @@ def _read_2d(path: Path) -> np.ndarray:
             with Image.open(path) as im:
                 array = np.asarray(im)
     except Exception as exc:
-        raise InputError(f"cannot read image ({type(exc).__name__}: {exc})", path) from None
+        raise InputError(f"cannot read image ({_reason(exc, path)})", path) from None
     if array.ndim == 3 and array.shape[-1] in (3, 4):  # RGB(A) section: use the luminance
         array = array[..., :3].mean(axis=-1)
     if array.ndim != 2:
@@ -163,7 +172,9 @@ def read_tiff_stack(path: str | Path, spacing: tuple[float, float, float] = (1.0
     try:
         stack = tifffile.imread(str(path))
     except Exception as exc:
-        raise InputError(f"cannot read TIFF ({type(exc).__name__}: {exc})", path) from None
+        raise InputError(f"cannot read TIFF ({_reason(exc, path)})", path) from None
+    if stack.size == 0:
+        raise InputError("cannot read TIFF (no image data; is the file damaged?)", path)
     if stack.ndim == 2:
         stack = stack[None]
     if stack.ndim != 3:
