@@ -205,6 +205,7 @@ def make_em_case(
     start = np.where(rng.random(n_cells) < 0.1, rng.integers(1, max(2, nz), n_cells), 0)
     stop = np.where(rng.random(n_cells) < 0.1, rng.integers(0, max(1, nz - 1), n_cells), nz)
     stop = np.maximum(stop, start + 1)
+    start[:4], stop[:4] = 0, nz  # a few cells span the stack: every section has two or more
 
     warp_sigma = (mean_cell_diameter * 0.7, mean_cell_diameter * 0.7, 3.0)
     warp = [_smooth_noise(rng, (nx, ny, nz), warp_sigma) * 0.25 * mean_cell_diameter]
