@@ -180,8 +180,9 @@ def check_label_values(array: np.ndarray, allowed, path: str | Path) -> None:
 
 
 def check_same_geometry(image: Volume, label: Volume, path: str | Path) -> None:
-    """Raise InputError unless image and label share shape and affine (to 1e-3 mm)."""
+    """Raise InputError unless image and label share shape and affine (to 1e-3 of a voxel)."""
     if image.shape != label.shape:
         raise InputError(f"label shape {label.shape} differs from image shape {image.shape}", path)
-    if not np.allclose(image.affine, label.affine, atol=1e-3, rtol=1e-4):
+    tolerance = 1e-3 * min(image.spacing)  # EM voxels are a few nm: an absolute mm bound is useless
+    if not np.allclose(image.affine, label.affine, atol=tolerance, rtol=1e-4):
         raise InputError("label affine differs from the image affine", path)
