@@ -12,9 +12,12 @@ shared training loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -112,3 +115,212 @@ class NNFitState:
     @classmethod
     def from_dict(cls, data: dict) -> NNFitState:
         return cls(float(data["threshold"]), list(data["rounds"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+class NNFitCheckpoint:
+    """Adapter so the training loop saves and restores the NN-fit rounds with its checkpoint."""
+
+    def __init__(self, state: NNFitState):
+        self.state = state
+
+    def state_dict(self) -> dict:
+        return self.state.to_dict()
+
+    def load_state_dict(self, data: dict) -> None:
+        restored = NNFitState.from_dict(data)
+        self.state.threshold = restored.threshold
+        self.state.rounds = restored.rounds
+
+
+def meta_case(image: np.ndarray, mean_map: np.ndarray, pls: Sequence[np.ndarray]) -> dict:
+    """One training sample of the meta-model.
+
+    image: z-scored (X, Y, Z); mean_map: A(Y) (C, X, Y, Z); pls: the K PL sets (X, Y, Z) each.
+    Returns {'image': float32 (1 + C, X, Y, Z), 'targets': uint8 (K, X, Y, Z)}.
+    """
+    x = np.concatenate([np.asarray(image, np.float32)[None], np.asarray(mean_map, np.float32)])
+    return {"image": np.ascontiguousarray(x), "targets": np.stack(pls).astype(np.uint8)}
+
+
+class MetaSampler:
+    """``sampler(step) -> batch`` for the meta-model: a pure function of ``(seed, step)``.
+
+    Each sample: a case drawn uniformly, a random crop of ``patch`` with flips on ``flip_axes`` and
+    axial quarter turns (the same transform for image, A(Y) and all K PL sets; padding carries
+    ``ignore_index``), and a PL set drawn uniformly (the stage-1 target). Batch keys: 'image'
+    (B, 1 + C, *patch) float32, 'targets' (B, K, *patch) int64, 'case' (B,) and 'random' (B,) int64.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[dict],
+        patch: Sequence[int],
+        batch_size: int,
+        *,
+        ignore_index: int,
+        flip_axes: Sequence[int] = (0, 1, 2),
+        rot90_xy: bool = True,
+        seed: int = 0,
+    ):
+        from sparseseg.training.sampling import PatchSampler3D
+
+        self.per_case = [
+            PatchSampler3D(
+                [case],
+                patch,
+                1,
+                ignore_index=ignore_index,
+                label_key="",  # dense targets: crops are placed uniformly
+                flip_axes=flip_axes,
+                rot90_xy=rot90_xy,
+                seed=seed,
+            )
+            for case in cases
+        ]
+        self.num_sets = int(cases[0]["targets"].shape[0])
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, 7919, int(step)])
+        images, targets, index, random = [], [], [], []
+        for _ in range(self.batch_size):
+            i = int(rng.integers(len(self.per_case)))
+            item = self.per_case[i].sample_one(rng)
+            images.append(item["image"])
+            targets.append(item["targets"])
+            index.append(i)
+            random.append(int(rng.integers(self.num_sets)))
+        return {
+            "image": torch.from_numpy(np.stack(images).astype(np.float32, copy=False)),
+            "targets": torch.from_numpy(np.stack(targets).astype(np.int64)),
+            "case": torch.tensor(index, dtype=torch.int64),
+            "random": torch.tensor(random, dtype=torch.int64),
+        }
+
+
+def whole_volume_ce(
+    model: torch.nn.Module, case: dict, inference, *, device=None, precision: str = "auto"
+) -> torch.Tensor:
+    """(K,) mean cross-entropy of the model's whole-volume prediction to each PL set of a case.
+
+    ``inference`` is an :class:`sparseseg.config.InferenceConfig` (sliding-window settings).
+    """
+    from sparseseg.inference import predict_volume_3d
+
+    probs = predict_volume_3d(
+        model,
+        case["image"],
+        inference.patch,
+        inference.overlap,
+        sw_batch_size=inference.sw_batch_size,
+        device=device,
+        precision=precision,
+    )
+    logp = torch.from_numpy(np.log(np.clip(probs, 1e-8, None)))[None]
+    targets = torch.from_numpy(case["targets"].astype(np.int64))[None]
+    return ce_per_set(logp, targets)[0]
+
+
+@dataclass
+class MetaTrainResult:
+    model: torch.nn.Module
+    history: list[dict]
+    nnfit: NNFitState
+    steps: int
+    stop_reason: str  # 'settled' (switch share under the threshold) or 'budget'
+
+
+def train_meta(
+    cases: Sequence[dict],
+    num_classes: int,
+    preset,
+    checkpoint: str | Path | None = None,
+    *,
+    pl_names: Sequence[str] = ("xy", "xz", "yz", "3d"),
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> MetaTrainResult:
+    """Two-stage self-training of the Y-shaped meta-model (see the module doc).
+
+    ``cases``: from :func:`meta_case`. ``preset.meta`` gives the model, the training settings
+    (``train``: batch, patch, lr, poly schedule over both stages), ``stage1_iterations``,
+    ``stage2_iterations``, ``switch_threshold`` and ``nnfit_round_iterations`` (iterations
+    between NN-fit choices; default a fifth of stage 2). One run of the shared training loop
+    covers both stages, so a checkpoint taken in either resumes exactly, NN-fit rounds included.
+    """
+    from sparseseg.models.meta import build_meta
+    from sparseseg.training.loop import fit
+    from sparseseg.training.losses import deep_supervision_loss
+
+    mcfg = preset.meta
+    s1, s2 = int(mcfg.stage1_iterations), int(mcfg.stage2_iterations)
+    round_len = int(getattr(mcfg, "nnfit_round_iterations", 0) or max(1, s2 // 5))
+    cfg = dataclasses.replace(mcfg.train, iterations=s1 + s2)
+    ignore = int(num_classes)  # padding only: PL sets are dense
+    model = build_meta(mcfg, num_classes)
+    sampler = MetaSampler(
+        cases,
+        cfg.patch,
+        cfg.batch_size,
+        ignore_index=ignore,
+        flip_axes=cfg.flip_axes,
+        rot90_xy=cfg.rot90_xy,
+        seed=cfg.seed,
+    )
+    nnfit = NNFitState(float(mcfg.switch_threshold))
+    say = log or (lambda _msg: None)
+
+    def nnfit_round(net: torch.nn.Module, step: int) -> None:
+        ce = torch.stack(
+            [
+                whole_volume_ce(net, c, preset.inference, device=device, precision=cfg.precision)
+                for c in cases
+            ]
+        )
+        rec = nnfit.update(ce, step)
+        picked = {n: rec["choice"].count(k) for k, n in enumerate(pl_names)}
+        say(
+            f"NN-fit round {rec['round']} at iteration {step}: targets {picked}, "
+            f"switched {rec['switch_share']:.0%}"
+        )
+        net.train()
+
+    def loss_fn(net: torch.nn.Module, batch: dict, step: int):
+        if step < s1:
+            choice = batch["random"]
+        else:
+            if len(nnfit.rounds) < (step - s1) // round_len + 1:
+                nnfit_round(net, step)
+            choice = torch.tensor(nnfit.choices, dtype=torch.int64)[batch["case"].cpu()]
+        target = pick_targets(batch["targets"], choice)
+        loss, logs = deep_supervision_loss(net(batch["image"]), target, ignore, cfg.aux_weight)
+        for k, name in enumerate(pl_names):
+            logs[f"pick_{name}"] = float((choice == k).float().mean())
+        logs["stage"] = 1.0 if step < s1 else 2.0
+        return loss, logs
+
+    def should_stop(steps_done: int, logs: dict) -> bool:
+        return steps_done > s1 and nnfit.done
+
+    history = fit(
+        model,
+        sampler,
+        loss_fn,
+        cfg,
+        checkpoint,
+        resume=resume,
+        device=device,
+        progress_desc="meta-model",
+        progress=progress,
+        extra_state={"nnfit": NNFitCheckpoint(nnfit)},
+        should_stop=should_stop,
+    )
+    steps = int(history[-1]["step"]) if history else 0
+    reason = "settled" if nnfit.done else "budget"
+    return MetaTrainResult(model, history, nnfit, steps, reason)

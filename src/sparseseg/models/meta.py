@@ -106,3 +106,24 @@ class YDenseVoxNet(DenseVoxNet):
             out_channels,
             self.norm_kind,
         )
+
+
+def meta_kwargs(cfg, num_classes: int, image_channels: int = 1) -> dict:
+    """Constructor arguments of :class:`YDenseVoxNet` from a :class:`sparseseg.config.MetaConfig`,
+    as plain JSON-able values (so they can be stored in a model bundle)."""
+    from sparseseg.models.factory import densevoxnet_kwargs
+
+    kwargs = {
+        k: list(v) if isinstance(v, tuple) else v for k, v in densevoxnet_kwargs(cfg.model).items()
+    }
+    return {
+        "num_classes": int(num_classes),
+        "image_channels": int(image_channels),
+        "ay_channels": int(cfg.ay_stem_channels),
+        **kwargs,
+    }
+
+
+def build_meta(cfg, num_classes: int, image_channels: int = 1) -> YDenseVoxNet:
+    """The meta-model for a :class:`sparseseg.config.MetaConfig`."""
+    return YDenseVoxNet(**meta_kwargs(cfg, num_classes, image_channels))
