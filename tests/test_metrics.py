@@ -138,6 +138,7 @@ def test_surface_metrics_match_brute_force():
     assert hd == pytest.approx(pooled.max())
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_agreement_with_monai_on_random_blobs():
     torch = pytest.importorskip("torch")
     from monai.metrics import (

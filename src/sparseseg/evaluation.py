@@ -148,7 +148,10 @@ def _match(pred: Path, gt: _GroundTruth) -> tuple[dict[str, Path], list[str]]:
     for case in gt.cases:
         if case not in preds:
             where = pred / f"{case}.nii.gz" if pred.is_dir() else pred
-            raise InputError(f"missing prediction for ground-truth case {case!r}", where)
+            problem = f"missing prediction for ground-truth case {case!r}"
+            if gt.split is not None:
+                problem += f" of labels{gt.split} (--split chooses the dataset's split)"
+            raise InputError(problem, where)
         matched[case] = preds[case]
     return matched, sorted(set(preds) - set(gt.cases))
 
@@ -246,10 +249,10 @@ def evaluate(
     return report
 
 
-def _fmt(stats: Mapping, digits: int) -> str:
+def _fmt(stats: Mapping, digits: int, kind: str = "f") -> str:
     if stats["mean"] is None:
         return "n/a"
-    text = f"{stats['mean']:.{digits}f}±{stats['std']:.{digits}f}"
+    text = f"{stats['mean']:.{digits}{kind}}±{stats['std']:.{digits}{kind}}"
     return text + (f" ({stats['n_nan']} undefined)" if stats["n_nan"] else "")
 
 
@@ -260,8 +263,8 @@ def format_summary(report: Mapping) -> str:
     lines = [f"{'class':<{width}}{'Dice':<22}{'ADB (mm)':<22}Hausdorff (mm)"]
     for name, m in summary["classes"].items():
         lines.append(
-            f"{name:<{width}}{_fmt(m['dice'], 3):<22}{_fmt(m['adb'], 2):<22}"
-            f"{_fmt(m['hausdorff'], 2)}"
+            f"{name:<{width}}{_fmt(m['dice'], 3):<22}{_fmt(m['adb'], 3, 'g'):<22}"
+            f"{_fmt(m['hausdorff'], 3, 'g')}"
         )
     lines.append(f"HVSMR overall score: {_fmt(summary['hvsmr_score'], 3)}")
     if "rand_f" in summary:

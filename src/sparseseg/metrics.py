@@ -34,9 +34,8 @@ Empty classes
   with some gives NaN.
 
 Surface distances are exact Euclidean distances, computed on the union bounding box of P and G
-(plus one voxel of margin, which holds every surface voxel): a search over voxel offsets in order
-of length resolves the near voxels, a k-d tree or an EDT the rest (see
-:func:`directed_distances`).
+(which holds every surface voxel): a search over voxel offsets in order of length resolves the
+near voxels, a k-d tree or an EDT the rest (see :func:`directed_distances`).
 """
 
 from __future__ import annotations
