@@ -203,6 +203,12 @@ def test_affine_mismatch(folders, tmp_path, capsys):
     write_nifti(pred_dir / "b.nii.gz", gt_b, np.eye(4))
     err = run_bad([str(pred_dir), str(gt_dir)], tmp_path / "m.json", capsys)
     assert str(pred_dir / "b.nii.gz") in err and "affine" in err
+    # At EM scale (nm voxels in mm) a voxel-size mismatch is still caught.
+    em = np.diag([4e-6, 4e-6, 5e-5, 1.0])
+    write_nifti(gt_dir / "b.nii.gz", gt_b, em)
+    write_nifti(pred_dir / "b.nii.gz", gt_b, np.diag([8e-6, 8e-6, 5e-5, 1.0]))
+    err = run_bad([str(pred_dir), str(gt_dir)], tmp_path / "m.json", capsys)
+    assert str(pred_dir / "b.nii.gz") in err and "affine" in err
 
 
 def test_corrupt_and_empty_inputs(folders, tmp_path, capsys):

@@ -163,7 +163,8 @@ def _check_geometry(pred_path: Path, gt_path: Path) -> None:
         raise InputError(
             f"shape {p_shape} differs from the ground truth's {g_shape} ({gt_path})", pred_path
         )
-    if not np.allclose(p_affine, g_affine, atol=1e-3, rtol=1e-4):
+    tolerance = 1e-3 * min(spacing_from_affine(g_affine))  # relative: EM voxels are nm-sized
+    if not np.allclose(p_affine, g_affine, atol=tolerance, rtol=1e-4):
         raise InputError(f"affine differs from the ground truth's ({gt_path})", pred_path)
 
 
