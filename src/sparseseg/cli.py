@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "phantom": "phantom",
     "import": "import_",
     "pseudolabel": "pseudolabel",
+    "train": "train",
+    "predict": "predict",
     "evaluate": "evaluate",
 }
 

@@ -1,0 +1,53 @@
+"""``sparseseg predict MODEL INPUT --out DIR``: segment NIfTI images with a trained bundle."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "segment NIfTI images with a trained model (base models -> A(Y) -> meta-model)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="model folder from `sparseseg train`")
+    parser.add_argument(
+        "input", metavar="INPUT", help="a NIfTI image or a folder of them (e.g. DATASET/imagesTs)"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the label maps")
+    parser.add_argument(
+        "--part",
+        default="meta",
+        metavar="PARTS",
+        help="meta (default), or base models alone: 3d, xy, xz, yz; several as meta,3d or all "
+        "(then each goes to DIR/PART/)",
+    )
+    parser.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write class probabilities (float32, X x Y x Z x C) to .../probabilities/",
+    )
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "bf16", "fp32"),
+        help="auto: bf16 where the hardware supports it (default)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparseseg.predict import parse_parts, predict_files
+
+    written = predict_files(
+        args.model,
+        args.input,
+        args.out,
+        parts=parse_parts(args.part),
+        probabilities=args.probabilities,
+        device=args.device,
+        precision=args.precision,
+        progress=not args.quiet,
+    )
+    files = sum(len(v) for v in written.values())
+    print(f"wrote {files} label maps for {len(written)} images to {args.out}")
+    return 0

@@ -1,0 +1,69 @@
+"""``sparseseg train DATASET --out MODEL``: Step II and Step III into a model bundle."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = (
+    "train the base models, pseudo-labels and self-trained meta-model from sparse labels "
+    "(Steps II and III) into a model bundle"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "dataset",
+        metavar="DATASET",
+        help="dataset folder whose labels mark unannotated voxels "
+        "with the 'ignore' label (see `sparseseg select`)",
+    )
+    parser.add_argument("--out", required=True, metavar="MODEL", help="model folder to write")
+    parser.add_argument(
+        "--preset", default="cpu", choices=("cpu", "paper"), help="sizes and schedules (cpu)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a preset field, e.g. meta.stage1_iterations=200 (repeatable)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted stage from its last checkpoint (finished stages are "
+        "always skipped)",
+    )
+    parser.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip predicting and scoring the test split (done when labelsTs exists)",
+    )
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from sparseseg.pipeline import format_report, train
+
+    state = train(
+        args.dataset,
+        args.out,
+        args.preset,
+        args.overrides,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.quiet,
+        report=not args.no_report,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
+    meta = state["stages"].get("meta", {})
+    if meta.get("steps") is not None:
+        print(f"meta-model: {meta['steps']} iterations, NN-fit stopped: {meta['stop_reason']}")
+    if "report" in state:
+        print(format_report(state["report"]))
+    print(f"model bundle: {state['stages']['bundle']['file']}")
+    return 0

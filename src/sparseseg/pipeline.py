@@ -1,0 +1,333 @@
+"""``train``: sparse labels -> Step II (base models, pseudo-labels) -> Step III -> model bundle.
+
+The pipeline owns the model folder. Each stage leaves its artifacts there and is recorded as done
+in ``MODEL/pipeline.json`` only once they are all written (atomically)::
+
+    MODEL/pipeline.json               settings, dataset, and each stage's status and time
+    MODEL/stage2_pseudolabels/        Step II (see :mod:`sparseseg.pseudolabels`): base models,
+                                      checkpoints, the four PL sets, A(Y)
+    MODEL/stage3_meta/meta.ckpt       the meta-model's training checkpoint
+    MODEL/stage3_meta/meta.pt         its final weights
+    MODEL/stage3_meta/selftrain.json  which PL sets were chosen over time, NN-fit rounds, history
+    MODEL/bundle.pt, bundle.json      the model bundle for ``predict`` (see :mod:`sparseseg.bundle`)
+    MODEL/test_predictions/PART/      test-split predictions of every part (when labelsTs exists)
+    MODEL/report.json                 their scores: the meta-model beside each base model
+
+Rerunning skips finished stages. ``resume=True`` continues an interrupted stage from its last
+checkpoint (without it an interrupted training starts again); a kill loses at most the work since
+the last checkpoint. Running again with other settings into the same folder is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparseseg.data.layout import Dataset
+from sparseseg.errors import InputError
+from sparseseg.fileio import atomic_path, write_json
+
+STATE_FILE = "pipeline.json"
+STAGE2_DIR = "stage2_pseudolabels"
+STAGE3_DIR = "stage3_meta"
+TEST_DIR = "test_predictions"
+REPORT_FILE = "report.json"
+STAGES = ("pseudolabels", "meta", "bundle", "report")
+
+
+def _plain(obj: Any) -> Any:
+    """JSON round trip: tuples become lists, so settings compare equal to what was stored."""
+    return json.loads(json.dumps(obj))
+
+
+def read_state(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / STATE_FILE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON ({exc}); remove it to start again", path) from None
+
+
+def stage_done(state: dict, stage: str) -> bool:
+    return bool(state.get("stages", {}).get(stage, {}).get("done"))
+
+
+def _mark(model_dir: Path, state: dict, stage: str, **info) -> None:
+    state.setdefault("stages", {})[stage] = {"done": True, **info}
+    write_json(model_dir / STATE_FILE, state)
+
+
+def _check_same_run(model_dir: Path, state: dict, dataset: Dataset, preset_dict: dict) -> dict:
+    """The stored state, or a fresh one; InputError if MODEL holds a run with other settings."""
+    fresh = {
+        "dataset": str(dataset.root.resolve()),
+        "class_names": dataset.class_names,
+        "preset": preset_dict,
+        "stages": {},
+    }
+    if not state:
+        return fresh
+    path = model_dir / STATE_FILE
+    if state.get("preset") != preset_dict:
+        changed = sorted(
+            k for k in preset_dict if state.get("preset", {}).get(k) != preset_dict.get(k)
+        )
+        raise InputError(
+            f"this model folder was trained with other settings (differs in {', '.join(changed)});"
+            " use another --out, or the same preset and --set options",
+            path,
+        )
+    if state.get("class_names") != dataset.class_names:
+        raise InputError(
+            f"this model folder was trained on classes {state.get('class_names')}, the dataset "
+            f"has {dataset.class_names}; use another --out",
+            path,
+        )
+    return {**fresh, "stages": state.get("stages", {})}
+
+
+def meta_cases(dataset: Dataset, stage2_dir: str | Path) -> list[dict]:
+    """The meta-model's training samples: every training image with its A(Y) and four PL sets."""
+    from sparseseg.pseudolabels import PL_SETS, read_mean_map, read_pseudolabels
+    from sparseseg.selftrain import meta_case
+    from sparseseg.training.sampling import zscore
+
+    cases = []
+    for case in dataset.cases("Tr"):
+        image = dataset.load_image(case).array
+        pls = read_pseudolabels(stage2_dir, case)
+        cases.append(
+            meta_case(zscore(image), read_mean_map(stage2_dir, case), [pls[n] for n in PL_SETS])
+        )
+    return cases
+
+
+def meta_weights_path(model_dir: str | Path) -> Path:
+    return Path(model_dir) / STAGE3_DIR / "meta.pt"
+
+
+def run_meta_stage(
+    dataset: Dataset,
+    model_dir: Path,
+    preset,
+    *,
+    resume: bool,
+    device: str | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict:
+    """Train the meta-model on the PL sets of stage 2; write meta.pt and selftrain.json."""
+    import torch
+
+    from sparseseg.models.meta import meta_kwargs
+    from sparseseg.pseudolabels import PL_SETS
+    from sparseseg.selftrain import train_meta
+
+    stage_dir = model_dir / STAGE3_DIR
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    cases = meta_cases(dataset, model_dir / STAGE2_DIR)
+    t0 = time.perf_counter()
+    result = train_meta(
+        cases,
+        dataset.num_classes,
+        preset,
+        stage_dir / "meta.ckpt",
+        pl_names=PL_SETS,
+        resume=resume,
+        device=device,
+        progress=progress,
+        log=log,
+    )
+    seconds = round(time.perf_counter() - t0, 1)
+    weights = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    with atomic_path(meta_weights_path(model_dir)) as tmp:
+        torch.save(
+            {"kwargs": meta_kwargs(preset.meta, dataset.num_classes), "state_dict": weights}, tmp
+        )
+    log_data = {
+        "pl_sets": list(PL_SETS),
+        "cases": dataset.cases("Tr"),
+        "stage1_iterations": preset.meta.stage1_iterations,
+        "stage2_iterations": preset.meta.stage2_iterations,
+        "steps": result.steps,
+        "stop_reason": result.stop_reason,
+        "seconds_last_run": seconds,
+        "nnfit": result.nnfit.to_dict(),
+        "history": result.history,
+    }
+    write_json(stage_dir / "selftrain.json", log_data)
+    return {"steps": result.steps, "stop_reason": result.stop_reason, "seconds": seconds}
+
+
+def make_bundle(dataset: Dataset, model_dir: Path, preset) -> Path:
+    """Assemble MODEL/bundle.pt from the stage-2 base models and the stage-3 meta-model."""
+    import torch
+
+    from sparseseg.bundle import Bundle, ModelPart, save_bundle
+    from sparseseg.pseudolabels import MODEL2D, MODEL3D, model_path
+
+    parts = {}
+    for part, name in (("2d", MODEL2D), ("3d", MODEL3D)):
+        path = model_path(model_dir / STAGE2_DIR, name)
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            kwargs = {"in_channels": saved["in_channels"], "num_classes": saved["num_classes"]}
+            parts[part] = ModelPart(
+                saved["kind"], {**kwargs, **saved["config"]}, saved["state_dict"]
+            )
+        except FileNotFoundError:
+            raise InputError("base model missing; rerun train", path) from None
+        except Exception as exc:
+            raise InputError(f"cannot read base model ({type(exc).__name__})", path) from None
+    path = meta_weights_path(model_dir)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    parts["meta"] = ModelPart("ydensevoxnet", dict(saved["kwargs"]), saved["state_dict"])
+    bundle = Bundle(
+        parts=parts,
+        class_names=dataset.class_names,
+        preset=preset.name,
+        config=_plain(preset.to_dict()),
+        planes=list(preset.planes),
+        extra={"dataset": dataset.name, "training_cases": len(dataset.cases("Tr"))},
+    )
+    return save_bundle(bundle, model_dir)
+
+
+def score_test_split(
+    dataset: Dataset,
+    model_dir: Path,
+    *,
+    device: str | None,
+    progress: bool,
+) -> dict:
+    """Predict the test split with every part, score each, write MODEL/report.json."""
+    from sparseseg.evaluation import evaluate
+    from sparseseg.predict import PARTS, predict_files
+
+    pred_root = model_dir / TEST_DIR
+    predict_files(
+        model_dir,
+        dataset.root / "imagesTs",
+        pred_root,
+        parts=PARTS,
+        device=device,
+        progress=progress,
+        overwrite=False,
+    )
+    report: dict[str, Any] = {"split": "Ts", "cases": len(dataset.cases("Ts")), "parts": {}}
+    for part in PARTS:
+        scores = evaluate(
+            pred_root / part, dataset.root, out=pred_root / part / "metrics.json", split="Ts"
+        )
+        summary = scores["summary"]
+        dice = {k: v["dice"]["mean"] for k, v in summary["classes"].items()}
+        entry = {"dice": dice, "mean_dice": _mean(dice.values())}
+        for key in ("hvsmr_score", "rand_f"):
+            if key in summary and summary[key].get("mean") is not None:
+                entry[key] = summary[key]["mean"]
+        report["parts"][part] = entry
+    write_json(model_dir / REPORT_FILE, report)
+    return report
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def format_report(report: dict) -> str:
+    """A small table: one row per part with per-class Dice and the mean."""
+    parts = report["parts"]
+    classes = list(next(iter(parts.values()))["dice"])
+    width = max(len(c) for c in classes + ["mean"]) + 2
+    head = "part  " + "".join(f"{c:>{width}}" for c in [*classes, "mean"])
+    rows = [f"Dice on the test split ({report['cases']} cases)", head]
+    for part, entry in parts.items():
+        cells = [entry["dice"][c] for c in classes] + [entry["mean_dice"]]
+        rows.append(f"{part:<6}" + "".join(f"{_fmt(v):>{width}}" for v in cells))
+    return "\n".join(rows)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def train(
+    dataset: Dataset | str | Path,
+    model_dir: str | Path,
+    preset: str = "cpu",
+    overrides: list[str] | dict[str, Any] | None = None,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    report: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Run Step II and Step III into ``model_dir``; return the pipeline state (MODEL/pipeline.json).
+
+    ``preset`` 'cpu' or 'paper', with ``overrides`` as in :func:`sparseseg.config.get_preset`.
+    With ``report`` and a labelled test split, the test cases are predicted by every part and
+    scored (MODEL/report.json, also under the state's 'report' key).
+    """
+    from sparseseg.config import get_preset
+    from sparseseg.pseudolabels import run_step2
+
+    say = log or (lambda _msg: None)
+    dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
+    if not dataset.has_labels("Tr"):
+        raise InputError("training needs a label file for every case in imagesTr", dataset.root)
+    try:
+        cfg = get_preset(preset, overrides)
+    except ValueError as exc:
+        raise InputError(f"bad settings: {exc}") from None
+    model_dir = Path(model_dir)
+    if model_dir.exists() and not model_dir.is_dir():
+        raise InputError("--out must be a folder", model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = _check_same_run(model_dir, read_state(model_dir), dataset, _plain(cfg.to_dict()))
+    write_json(model_dir / STATE_FILE, state)
+
+    def stage(name: str, fn: Callable[[], dict]) -> None:
+        if stage_done(state, name):
+            say(f"{name}: done already, skipped")
+            return
+        say(f"{name}: running" + (" (resuming)" if resume else ""))
+        t0 = time.perf_counter()
+        info = fn() or {}
+        _mark(model_dir, state, name, **{"seconds": round(time.perf_counter() - t0, 1), **info})
+
+    def step2() -> dict:
+        summary = run_step2(
+            dataset, model_dir / STAGE2_DIR, cfg, resume=resume, device=device, progress=progress
+        )
+        return {"cases": len(summary["cases"])}
+
+    stage("pseudolabels", step2)
+    stage(
+        "meta",
+        lambda: run_meta_stage(
+            dataset, model_dir, cfg, resume=resume, device=device, progress=progress, log=say
+        ),
+    )
+    stage("bundle", lambda: {"file": str(make_bundle(dataset, model_dir, cfg))})
+    if report and dataset.has_labels("Ts"):
+        stage(
+            "report",
+            lambda: (
+                {"file": str(model_dir / REPORT_FILE)}
+                if score_test_split(dataset, model_dir, device=device, progress=progress)
+                else {}
+            ),
+        )
+        report_path = model_dir / REPORT_FILE
+        if report_path.exists():
+            state["report"] = json.loads(report_path.read_text())
+    return state

@@ -1,0 +1,265 @@
+"""Segment new volumes with a trained bundle: base models -> A(Y) -> meta-model.
+
+For one image (X, Y, Z): z-score it; run the 2D base model over every slice of the xy, xz and yz
+planes and the 3D base model by sliding window, turning each prediction into hard labels at once
+and adding its one-hot encoding to a running count (uint8, C x X x Y x Z), so at most one
+C-channel float volume is alive at a time; A(Y) = count / 4, exactly as the pseudo-label mean of
+training; then the meta-model by Gaussian-weighted sliding window on (image, A(Y)). Memory is
+bounded by the volume's size times a small constant (about 17 + 12 C bytes per voxel at the
+peak), never by the model.
+
+Parts: 'meta' (the method's prediction), and each base model alone: '3d', and the 2D model on one
+plane, 'xy', 'xz' or 'yz'. With 'meta' every base model runs anyway, so asking for the base parts
+too costs nothing extra; without it only the requested base models run.
+
+Outputs (:func:`predict_files`): ``OUT/CASE.nii.gz`` label maps (uint8) with the source affine,
+or ``OUT/PART/CASE.nii.gz`` for several parts; with probabilities also
+``.../probabilities/CASE.nii.gz`` (float32 X, Y, Z, C). CASE is the file name without the NIfTI
+suffix and without nnU-Net's ``_0000`` channel suffix, so ``sparseseg evaluate`` matches it to
+``labelsTs/CASE.nii.gz``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sparseseg.bundle import Bundle, load_bundle
+from sparseseg.data.io import is_nifti, read_nifti, strip_nifti_suffix, write_nifti
+from sparseseg.errors import InputError
+
+PARTS = ("meta", "3d", "xy", "xz", "yz")
+PL_PARTS = ("xy", "xz", "yz", "3d")  # the sets whose mean is A(Y), in training's order
+
+
+@dataclass
+class Prediction:
+    """Hard labels (X, Y, Z) uint8 and, on request, probabilities (C, X, Y, Z) float32."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
+
+
+def parse_parts(text: str | Sequence[str]) -> tuple[str, ...]:
+    """'meta,3d' or 'all' -> ('meta', '3d'); validated, in canonical order."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    items = [p.strip().lower() for p in items if p.strip()]
+    if "all" in items:
+        return PARTS
+    bad = [p for p in items if p not in PARTS]
+    if bad or not items:
+        raise InputError(f"parts must be 'all' or a subset of {','.join(PARTS)}, got {text!r}")
+    return tuple(p for p in PARTS if p in items)
+
+
+def _argmax_uint8(probs: np.ndarray, chunk: int = 8) -> np.ndarray:
+    """(C, X, Y, Z) -> (X, Y, Z) uint8 argmax, computed in slabs to avoid an int64 volume."""
+    out = np.empty(probs.shape[1:], dtype=np.uint8)
+    for x0 in range(0, probs.shape[1], chunk):
+        out[x0 : x0 + chunk] = probs[:, x0 : x0 + chunk].argmax(0)
+    return out
+
+
+def _add_one_hot(counts: np.ndarray, labels: np.ndarray) -> None:
+    for c in range(counts.shape[0]):
+        counts[c] += labels == c
+
+
+def runs_needed(parts: Sequence[str]) -> tuple[str, ...]:
+    """The model runs that ``parts`` need, in order: planes of the 2D model, '3d', 'meta'."""
+    if "meta" in parts:
+        return (*PL_PARTS, "meta")
+    return tuple(p for p in PL_PARTS if p in parts)
+
+
+class Predictor:
+    """A bundle's three networks, built once, applied to volumes."""
+
+    def __init__(
+        self,
+        bundle: Bundle | str | Path,
+        *,
+        device: str | None = None,
+        precision: str = "auto",
+    ):
+        from sparseseg.config import preset_from_dict
+        from sparseseg.training.loop import resolve_device
+
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.device = resolve_device(device)
+        self.precision = precision
+        try:
+            self.preset = preset_from_dict(self.bundle.config)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"bundle config is invalid ({exc})", self.bundle.source) from None
+        self.num_classes = self.bundle.num_classes
+        self._models: dict = {}
+
+    def model(self, part: str):
+        if part not in self._models:
+            self._models[part] = self.bundle.build(part).to(self.device)
+        return self._models[part]
+
+    def predict(
+        self,
+        image: np.ndarray,
+        parts: Sequence[str] = ("meta",),
+        *,
+        probabilities: bool = False,
+        step: Callable[[str], None] | None = None,
+    ) -> dict[str, Prediction]:
+        """Predict ``parts`` for one raw image (X, Y, Z); ``step(name)`` is called after each
+        model run (for progress bars)."""
+        from sparseseg.inference import predict_planes_2d, predict_volume_3d
+        from sparseseg.training.sampling import zscore
+
+        inf = self.preset.inference
+        tick = step or (lambda _name: None)
+        image = np.asarray(image)
+        if image.ndim != 3:
+            raise ValueError(f"expected an (X, Y, Z) image, got shape {image.shape}")
+        x = zscore(image)
+        c = self.num_classes
+        counts = np.zeros((c, *x.shape), dtype=np.uint8)
+        out: dict[str, Prediction] = {}
+        common = dict(device=self.device, precision=self.precision)
+        for plane in [p for p in runs_needed(parts) if p in ("xy", "xz", "yz")]:
+            keep_probs = probabilities and plane in parts
+            result = predict_planes_2d(
+                self.model("2d"),
+                x,
+                (plane,),
+                batch_size=inf.slice_batch_size,
+                labels_only=not keep_probs,
+                **common,
+            )[plane]
+            labels = _argmax_uint8(result) if keep_probs else result
+            _add_one_hot(counts, labels)
+            if plane in parts:
+                out[plane] = Prediction(labels, result if keep_probs else None)
+            del result, labels
+            tick(plane)
+        if "3d" in runs_needed(parts):
+            probs = predict_volume_3d(
+                self.model("3d"),
+                x,
+                inf.patch,
+                inf.overlap,
+                sw_batch_size=inf.sw_batch_size,
+                **common,
+            )
+            labels = _argmax_uint8(probs)
+            _add_one_hot(counts, labels)
+            if "3d" in parts:
+                out["3d"] = Prediction(labels, probs if probabilities else None)
+            del probs, labels
+            tick("3d")
+        if "meta" in parts:
+            inputs = np.empty((1 + c, *x.shape), dtype=np.float32)
+            inputs[0] = x
+            del x
+            for k in range(c):
+                np.multiply(counts[k], np.float32(1.0 / len(PL_PARTS)), out=inputs[1 + k])
+            del counts
+            probs = predict_volume_3d(
+                self.model("meta"),
+                inputs,
+                inf.patch,
+                inf.overlap,
+                sw_batch_size=inf.sw_batch_size,
+                **common,
+            )
+            del inputs
+            out["meta"] = Prediction(_argmax_uint8(probs), probs if probabilities else None)
+            del probs
+            tick("meta")
+        return {p: out[p] for p in PARTS if p in out}
+
+
+def case_name(path: str | Path) -> str:
+    """'imagesTs/heart_012_0000.nii.gz' -> 'heart_012'."""
+    name = strip_nifti_suffix(Path(path).name)
+    return name[:-5] if name.endswith("_0000") else name
+
+
+def list_inputs(input_path: str | Path) -> list[Path]:
+    """A NIfTI file, or the NIfTI files of a folder (sorted); InputError if there are none."""
+    path = Path(input_path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p.name))
+        if not files:
+            raise InputError("no NIfTI images (.nii, .nii.gz) in folder", path)
+        names = [case_name(p) for p in files]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise InputError(f"several images map to the same case name: {dupes}", path)
+        return files
+    if not path.exists():
+        raise InputError("input not found", path)
+    if not is_nifti(path.name):
+        raise InputError("input must be a NIfTI image (.nii, .nii.gz) or a folder of them", path)
+    return [path]
+
+
+def output_paths(out_dir: Path, case: str, part: str, several: bool) -> tuple[Path, Path]:
+    """(label map, probabilities) paths of one case and part."""
+    base = out_dir / part if several else out_dir
+    return base / f"{case}.nii.gz", base / "probabilities" / f"{case}.nii.gz"
+
+
+def predict_files(
+    model: str | Path | Bundle,
+    input_path: str | Path,
+    out_dir: str | Path,
+    *,
+    parts: Sequence[str] = ("meta",),
+    probabilities: bool = False,
+    device: str | None = None,
+    precision: str = "auto",
+    progress: bool = True,
+    overwrite: bool = True,
+) -> dict[str, dict[str, Path]]:
+    """Predict every input image and write label maps (and probabilities); return
+    ``{case: {part: label path}}``.
+
+    Inputs are never modified; every output is written atomically with the source affine. With
+    ``overwrite=False`` cases whose outputs all exist are skipped.
+    """
+    from tqdm.auto import tqdm
+
+    parts = parse_parts(parts)
+    files = list_inputs(input_path)
+    predictor = Predictor(model, device=device, precision=precision)
+    out_dir = Path(out_dir)
+    several = len(parts) > 1
+    runs_per_case = len(runs_needed(parts))
+    written: dict[str, dict[str, Path]] = {}
+    bar = tqdm(total=len(files) * runs_per_case, desc="predict", unit="model", disable=not progress)
+    try:
+        for file in files:
+            case = case_name(file)
+            targets = {p: output_paths(out_dir, case, p, several) for p in parts}
+            if not overwrite and all(
+                t[0].exists() and (t[1].exists() or not probabilities) for t in targets.values()
+            ):
+                written[case] = {p: t[0] for p, t in targets.items()}
+                bar.update(runs_per_case)
+                continue
+            bar.set_postfix(case=case, refresh=False)
+            volume = read_nifti(file, dtype=np.float32)
+            result = predictor.predict(
+                volume.array, parts, probabilities=probabilities, step=lambda _n: bar.update(1)
+            )
+            for part, pred in result.items():
+                label_path, prob_path = targets[part]
+                write_nifti(label_path, pred.labels, volume.affine)
+                if probabilities and pred.probabilities is not None:
+                    write_nifti(prob_path, np.moveaxis(pred.probabilities, 0, -1), volume.affine)
+            written[case] = {p: t[0] for p, t in targets.items()}
+            del result, volume
+    finally:
+        bar.close()
+    return written
