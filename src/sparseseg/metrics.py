@@ -148,10 +148,12 @@ def directed_distances(
     dist = np.zeros(len(index), dtype=np.float64)
     unresolved = ~flat_b[index]
     pos, index = np.flatnonzero(unresolved), index[unresolved]
-    # Offsets in chunks of growing size, all unresolved voxels at once; stop when the lookups
-    # cost more than finishing with the exhaustive methods (about 16 lookups per voxel).
+    # Offsets in chunks of growing size, all unresolved voxels at once. Stop when the lookups
+    # cost more than finishing with the exhaustive methods (about 16 lookups per voxel), or when
+    # a chunk resolved under half of a crowd of voxels that the EDT will have to finish anyway.
     start, chunk, budget = 0, 8, 16 * len(dist)
     while pos.size and start < len(flat_offsets) and budget > 0:
+        before = len(pos)
         m = max(1, min(chunk, len(flat_offsets) - start, 4_000_000 // pos.size))
         hits = flat_b[index[:, None] + flat_offsets[None, start : start + m]]
         found = hits.any(axis=1)
@@ -160,6 +162,8 @@ def directed_distances(
             pos, index = pos[~found], index[~found]
         budget -= hits.size
         start, chunk = start + m, chunk * 4
+        if 50 * len(pos) > surf_b.size and 2 * len(pos) > before:
+            break
     if pos.size:  # no surf_b voxel among the offsets tested: exact search over all of surf_b
         points = np.stack(np.unravel_index(index, padded.shape), axis=1) - np.asarray(reach)
         if 50 * len(pos) > surf_b.size:  # many left: one EDT beats the tree's queries
