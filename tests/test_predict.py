@@ -82,3 +82,96 @@ def test_bundle_whose_weights_do_not_fit_is_a_clear_error(tmp_path):
     again.build("meta")
     with pytest.raises(InputError, match="cannot rebuild the '3d' model"):
         again.build("3d")
+
+
+def write_image(path, shape, seed=0):
+    import numpy as np
+
+    from sparseseg.data.io import write_nifti
+
+    rng = np.random.default_rng(seed)
+    affine = np.array([[0.8, 0, 0, -10], [0, 0.9, 0, 5], [0, 0, 1.7, 2], [0, 0, 0, 1.0]])
+    write_nifti(path, rng.normal(100, 20, shape).astype(np.float32), affine)
+    return affine
+
+
+@pytest.mark.parametrize("shape", [(21, 26, 11), (9, 5, 30)])
+def test_predict_a_volume_of_a_new_size_keeps_its_geometry(tmp_path, shape):
+    import nibabel as nib
+    import numpy as np
+
+    from sparseseg.predict import PARTS, predict_files
+
+    save_bundle(tiny_bundle(), tmp_path / "m")
+    affine = write_image(tmp_path / "in" / "case_7_0000.nii.gz", shape)
+    written = predict_files(
+        tmp_path / "m",
+        tmp_path / "in",
+        tmp_path / "out",
+        parts="all",
+        probabilities=True,
+        progress=False,
+    )
+    assert list(written) == ["case_7"]
+    for part in PARTS:
+        img = nib.load(tmp_path / "out" / part / "case_7.nii.gz")
+        labels = np.asarray(img.dataobj)
+        assert labels.shape == shape and np.allclose(img.affine, affine)
+        assert labels.min() >= 0 and labels.max() <= 2
+        probs = nib.load(tmp_path / "out" / part / "probabilities" / "case_7.nii.gz")
+        p = np.asarray(probs.dataobj)
+        assert p.shape == (*shape, 3) and np.allclose(p.sum(-1), 1, atol=1e-4)
+        assert np.array_equal(p.argmax(-1), labels)
+
+
+def test_meta_model_sees_image_and_mean_of_base_labels(tmp_path):
+    import numpy as np
+
+    from sparseseg.predict import Predictor
+    from sparseseg.training.sampling import zscore
+
+    class Recorder(torch.nn.Module):
+        stride, num_classes = 4, 3
+
+        def forward(self, x):
+            seen.append(x.detach().float().clone())
+            return torch.zeros(x.shape[0], 3, *x.shape[2:])
+
+    seen: list[torch.Tensor] = []
+    predictor = Predictor(tiny_bundle(), device="cpu", precision="fp32")
+    predictor._models["meta"] = Recorder()
+    image = np.random.default_rng(1).normal(size=(20, 28, 12)).astype(np.float32) * 5 + 3
+    out = predictor.predict(image, ("meta", "3d", "xy", "xz", "yz"))
+    assert len(seen) == 1 and seen[0].shape == (1, 4, 20, 28, 12)  # one window, no padding
+    x = seen[0][0].numpy()
+    assert np.allclose(x[0], zscore(image), atol=1e-5)
+    expected = np.stack(
+        [np.mean([out[p].labels == c for p in ("xy", "xz", "yz", "3d")], axis=0) for c in range(3)]
+    )
+    assert np.allclose(x[1:], expected)
+
+
+def test_base_parts_alone_skip_the_other_models(tmp_path):
+    import numpy as np
+
+    from sparseseg.predict import Predictor, runs_needed
+
+    assert runs_needed(["3d"]) == ("3d",)
+    assert runs_needed(["meta"]) == ("xy", "xz", "yz", "3d", "meta")
+    predictor = Predictor(tiny_bundle(), device="cpu")
+    calls: list[str] = []
+    out = predictor.predict(np.zeros((8, 8, 8), np.float32), ["xz"], step=calls.append)
+    assert list(out) == ["xz"] and calls == ["xz"]
+
+
+def test_bad_parts_and_inputs_are_clear_errors(tmp_path):
+    from sparseseg.predict import list_inputs, parse_parts
+
+    with pytest.raises(InputError, match="parts"):
+        parse_parts("meta,4d")
+    assert parse_parts("yz,meta") == ("meta", "yz")
+    with pytest.raises(InputError, match="input not found"):
+        list_inputs(tmp_path / "nope.nii.gz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no NIfTI"):
+        list_inputs(tmp_path / "empty")

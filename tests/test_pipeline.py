@@ -1,0 +1,179 @@
+"""The train pipeline: stages on disk, skipping finished stages, resuming an interrupted one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparseseg.cli import main
+from sparseseg.data.layout import Dataset, write_case, write_dataset_json
+from sparseseg.data.phantom import write_phantom_dataset
+from sparseseg.errors import InputError
+
+# Small enough that a whole train runs in seconds on two cores.
+TINY = {
+    "model2d.base_channels": 4,
+    "model2d.depth": 2,
+    "train2d.iterations": 4,
+    "train2d.batch_size": 2,
+    "train2d.patch": "16x16",
+    "model3d.stem_channels": 4,
+    "model3d.growth": 4,
+    "model3d.block_layers": "1,1",
+    "model3d.up_channels": "4,4",
+    "train3d.iterations": 4,
+    "train3d.batch_size": 1,
+    "train3d.patch": "16x16x16",
+    "inference.patch": "16x16x16",
+    "meta.model.stem_channels": 4,
+    "meta.model.growth": 4,
+    "meta.model.block_layers": "1,1",
+    "meta.model.up_channels": "4,4",
+    "meta.ay_stem_channels": 4,
+    "meta.train.batch_size": 1,
+    "meta.train.patch": "16x16x16",
+    "meta.train.checkpoint_every": 2,
+    "meta.stage1_iterations": 4,
+    "meta.stage2_iterations": 6,
+    "meta.switch_threshold": 0.0,  # never settles: stage 2 runs its whole budget
+}
+
+
+def sparse_dataset(root: Path, cases: int = 3, shape=(24, 24, 16)) -> Path:
+    """A heart phantom with labels on every 4th slice of each plane, plus one labelled test case."""
+    dense = write_phantom_dataset(root / "dense", "heart", cases, seed=3, test_cases=1, shape=shape)
+    ds = Dataset.open(dense)
+    out = root / "sparse"
+    ignore = ds.num_classes
+    for case in ds.cases("Tr"):
+        image, label = ds.load_pair(case)
+        keep = np.zeros(label.shape, bool)
+        keep[::4] = keep[:, ::4] = keep[:, :, ::4] = True
+        sparse = np.where(keep, label.array, ignore).astype(np.uint8)
+        write_case(out, case, image, image.with_array(sparse))
+    for case in ds.cases("Ts"):
+        image, label = ds.load_pair(case, "Ts")
+        write_case(out, case, image, label, "Ts")
+    write_dataset_json(out, {**ds.class_labels, "ignore": ignore}, cases)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(dataset, model folder, log lines) of one tiny training run shared by the tests."""
+    from sparseseg.pipeline import train
+
+    root = tmp_path_factory.mktemp("pipeline")
+    dataset = sparse_dataset(root)
+    lines: list[str] = []
+    train(dataset, root / "model", "cpu", TINY, progress=False, log=lines.append)
+    return dataset, root / "model", lines
+
+
+def test_train_writes_every_stage(trained):
+    dataset, model, lines = trained
+    state = json.loads((model / "pipeline.json").read_text())
+    assert all(state["stages"][s]["done"] for s in ("pseudolabels", "meta", "bundle", "report"))
+    assert (model / "stage2_pseudolabels" / "pl_3d" / "labelsTr" / "heart_000.nii.gz").exists()
+    assert (model / "stage3_meta" / "meta.pt").exists()
+    assert (model / "bundle.pt").exists() and (model / "bundle.json").exists()
+    log = json.loads((model / "stage3_meta" / "selftrain.json").read_text())
+    # Stage 1 for 4 iterations, then NN-fit rounds until the budget (threshold 0 never settles).
+    assert log["steps"] == 10 and log["stop_reason"] == "budget"
+    assert log["nnfit"]["rounds"][0]["iteration"] == 4
+    assert all(len(r["choice"]) == 3 for r in log["nnfit"]["rounds"])
+    picks = [h for h in log["history"] if "pick_xy" in h]
+    assert picks and all(
+        abs(sum(h[f"pick_{n}"] for n in ("xy", "xz", "yz", "3d")) - 1) < 1e-6 for h in picks
+    )
+    report = json.loads((model / "report.json").read_text())
+    assert set(report["parts"]) == {"meta", "3d", "xy", "xz", "yz"}
+    for entry in report["parts"].values():
+        assert set(entry["dice"]) == {"myocardium", "blood_pool"}
+    assert any("NN-fit round" in line for line in lines)
+
+
+def test_rerun_skips_finished_stages(trained, tmp_path):
+    from sparseseg.pipeline import train
+
+    dataset, model, _ = trained
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    before = (copy / "bundle.pt").stat().st_mtime_ns
+    lines: list[str] = []
+    train(dataset, copy, "cpu", TINY, progress=False, log=lines.append)
+    assert sum("done already, skipped" in line for line in lines) == 4
+    assert (copy / "bundle.pt").stat().st_mtime_ns == before
+
+
+def test_other_settings_are_refused(trained, tmp_path):
+    from sparseseg.pipeline import train
+
+    dataset, model, _ = trained
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    with pytest.raises(InputError, match="other settings.*meta"):
+        train(dataset, copy, "cpu", {**TINY, "meta.stage2_iterations": 7}, progress=False)
+
+
+def test_interrupted_meta_stage_resumes_from_its_checkpoint(trained, tmp_path, monkeypatch):
+    import sparseseg.selftrain as selftrain
+    from sparseseg.pipeline import STATE_FILE, train
+    from sparseseg.training.loop import load_checkpoint
+
+    dataset, model, _ = trained
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy, ignore=shutil.ignore_patterns("stage3_meta", "bundle.*"))
+    state = json.loads((copy / STATE_FILE).read_text())
+    state["stages"] = {"pseudolabels": state["stages"]["pseudolabels"]}
+    (copy / STATE_FILE).write_text(json.dumps(state))
+
+    steps: list[int] = []
+    original = selftrain.pick_targets
+
+    def counting(targets, choice):
+        steps.append(1)
+        if interrupt_after is not None and len(steps) > interrupt_after:
+            raise KeyboardInterrupt
+        return original(targets, choice)
+
+    monkeypatch.setattr(selftrain, "pick_targets", counting)
+    interrupt_after = 7  # dies in step 8, after the checkpoint of step 6
+    with pytest.raises(KeyboardInterrupt):
+        train(dataset, copy, "cpu", TINY, progress=False, report=False)
+    ckpt = load_checkpoint(copy / "stage3_meta" / "meta.ckpt")
+    assert ckpt["step"] == 6 and not ckpt["done"]
+    assert len(ckpt["extra"]["nnfit"]["rounds"]) == 2  # rounds at iterations 4 and 5
+    assert not json.loads((copy / STATE_FILE).read_text())["stages"].get("meta")
+
+    steps.clear()
+    interrupt_after = None
+    lines: list[str] = []
+    train(dataset, copy, "cpu", TINY, resume=True, progress=False, report=False, log=lines.append)
+    assert len(steps) == 4  # steps 7..10 only
+    assert "pseudolabels: done already, skipped" in lines
+    log = json.loads((copy / "stage3_meta" / "selftrain.json").read_text())
+    assert log["steps"] == 10
+    assert [r["iteration"] for r in log["nnfit"]["rounds"]] == [4, 5, 6, 7, 8, 9]
+    assert (copy / "bundle.pt").exists()
+
+
+def test_cli_train_then_predict_then_errors(trained, tmp_path, capsys):
+    dataset, model, _ = trained
+    out = tmp_path / "pred"
+    code = main(["predict", str(model), str(dataset / "imagesTs"), "--out", str(out), "--quiet"])
+    assert code == 0
+    assert (out / "heart_003.nii.gz").exists()
+    capsys.readouterr()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "bundle.pt").write_bytes(b"\x00" * 10)
+    code = main(["predict", str(tmp_path / "broken"), str(dataset / "imagesTs"), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "bundle.pt" in err
+    code = main(["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
