@@ -175,3 +175,55 @@ def test_bad_parts_and_inputs_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no NIfTI"):
         list_inputs(tmp_path / "empty")
+
+
+MEMORY_SCRIPT = r"""
+import json, resource, sys, time
+import numpy as np, torch
+from sparseseg.bundle import Bundle, ModelPart, save_bundle
+from sparseseg.config import get_preset
+from sparseseg.data.io import write_nifti
+from sparseseg.models import build_model2d, build_model3d
+from sparseseg.models.meta import build_meta, meta_kwargs
+from sparseseg.models.factory import densevoxnet_kwargs
+from sparseseg.predict import predict_files
+import dataclasses
+
+root, shape = sys.argv[1], tuple(int(s) for s in sys.argv[2].split("x"))
+p, c = get_preset("cpu"), 3
+m2, m3, mm = build_model2d(p.model2d, 1, c), build_model3d(p.model3d, 1, c), build_meta(p.meta, c)
+k2 = {"in_channels": 1, "num_classes": c, **dataclasses.asdict(p.model2d)}
+k3 = {"in_channels": 1, "num_classes": c, **densevoxnet_kwargs(p.model3d)}
+parts = {"2d": ModelPart("unet2d", k2, m2.state_dict()),
+         "3d": ModelPart("densevoxnet", k3, m3.state_dict()),
+         "meta": ModelPart("ydensevoxnet", meta_kwargs(p.meta, c), mm.state_dict())}
+save_bundle(Bundle(parts, ["b", "m", "p"], "cpu", json.loads(json.dumps(p.to_dict()))), root)
+del m2, m3, mm, parts
+rng = np.random.default_rng(0)
+write_nifti(f"{root}/big_0000.nii", rng.integers(0, 2000, shape).astype(np.int16), np.eye(4))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.time()
+predict_files(root, f"{root}/big_0000.nii", f"{root}/out", progress=False)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"shape": shape, "seconds": round(time.time() - t, 1),
+                  "peak_rss_gib": round(peak / 2**20, 3),
+                  "rss_before_gib": round(base / 2**20, 3)}))
+"""
+
+
+@pytest.mark.slow
+def test_large_volume_predicts_in_bounded_memory(tmp_path):
+    """A 300 x 512 x 512 volume with cpu-preset networks: peak RSS under 8 GiB (takes minutes)."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path), "300x512x512"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    numbers = json.loads(result.stdout.strip().splitlines()[-1])
+    print(numbers)
+    assert numbers["peak_rss_gib"] < 8.0
