@@ -18,6 +18,7 @@ from sparseseg.errors import InputError
 COMMANDS: dict[str, str] = {
     "phantom": "phantom",
     "import": "import_",
+    "select": "select",
     "pseudolabel": "pseudolabel",
     "train": "train",
     "predict": "predict",

@@ -1,0 +1,142 @@
+"""Write a selection to disk: the record, masks to annotate, contact sheets, a t-SNE figure and,
+from dense labels, a simulated sparse dataset.
+
+    OUT/selection.json       per case and plane: chosen slices in priority order, gains, cost
+    OUT/masks/CASE.nii.gz    uint8 (X, Y, Z), 1 on the slices to annotate; the image's affine
+    OUT/sheets/CASE.png      the chosen slices, in priority order
+    OUT/tsne.png             slice features of the first case in 2D, chosen slices marked
+    OUT/dataset/             (simulate_from_labels) canonical dataset: true labels on the chosen
+                             slices, ``ignore`` elsewhere; images and the test split copied
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from sparseseg.data.io import write_nifti
+from sparseseg.data.layout import FILE_ENDING, IGNORE, Dataset, with_ignore, write_dataset_json
+from sparseseg.data.volume import Volume
+from sparseseg.errors import InputError
+from sparseseg.fileio import atomic_dir, write_json
+from sparseseg.selection.features import intensity_features, normalise_volume
+from sparseseg.selection.figures import contact_sheet, tsne_figure
+from sparseseg.selection.selector import Selection
+from sparseseg.selection.sparsify import annotation_mask, sparsify_labels
+
+
+def write_selection(
+    selection: Selection,
+    out: str | Path,
+    dataset: Dataset | str | Path | None = None,
+    overwrite: bool = False,
+    simulate_from_labels: bool = False,
+    sheets: bool = True,
+    tsne: bool = True,
+) -> Path:
+    """Write ``selection`` (made on ``dataset``, default: the one it records) to the folder
+    ``out``, atomically; return ``out``. See the module docstring for the contents."""
+    if dataset is None:
+        if selection.dataset is None:
+            raise InputError("the selection does not record its dataset; pass the dataset")
+        dataset = selection.dataset
+    ds = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
+    out = Path(out)
+    root, target = ds.root.resolve(), out.resolve()
+    if target == root or root.is_relative_to(target):
+        raise InputError("the output folder would replace the source dataset", out)
+    if out.exists() and not overwrite:
+        raise InputError("output already exists (pass --overwrite to replace it)", out)
+    names = list(selection.cases)
+    if simulate_from_labels:
+        missing = [c for c in names if not ds.label_path(c).exists()]
+        if missing:
+            raise InputError(
+                f"--simulate-from-labels needs dense labels; labelsTr lacks {missing[:3]}",
+                ds.root,
+            )
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_json(tmp / "selection.json", selection.to_json())
+        for name in names:
+            image = ds.load_image(name)
+            chosen = selection.chosen(name)
+            if tuple(image.shape) != tuple(selection.cases[name].shape):
+                raise InputError(
+                    f"image shape {image.shape} differs from the selection's "
+                    f"{selection.cases[name].shape}",
+                    ds.image_path(name),
+                )
+            mask = annotation_mask(image.shape, chosen).astype(np.uint8)
+            write_nifti(tmp / "masks" / f"{name}{FILE_ENDING}", Volume(mask, image.affine, name))
+            if sheets:
+                title = f"{name}: {selection.strategy} s{selection.budget:g}"
+                contact_sheet(
+                    normalise_volume(image.array),
+                    chosen,
+                    tmp / "sheets" / f"{name}.png",
+                    image.spacing,
+                    title,
+                )
+        if tsne and names:
+            first = names[0]
+            feats = selection.features.get(first)
+            kind = (selection.extractor or {}).get("name", "")
+            if not feats:
+                image = normalise_volume(ds.load_image(first).array)
+                feats = {p: intensity_features(image, p) for p in selection.planes}
+                kind = "intensity"
+            title = f"{first}: {selection.strategy} s{selection.budget:g}, {kind} features"
+            tsne_figure(feats, selection.chosen(first), tmp / "tsne.png", title, selection.seed)
+        if simulate_from_labels:
+            simulate_sparse_dataset(ds, selection, tmp / "dataset")
+    return out
+
+
+def simulate_sparse_dataset(ds: Dataset, selection: Selection, dest: str | Path) -> Path:
+    """Write a canonical dataset at ``dest`` whose training labels are the true labels on the
+    chosen slices and ``ignore`` elsewhere (as if an annotator had labelled only those slices).
+
+    Training images are copied byte for byte; imagesTs/labelsTs are copied unchanged, so the
+    sparse dataset trains and evaluates as it is. The source is never modified.
+    """
+    dest = Path(dest)
+    labels = ds.labels if IGNORE in ds.labels else with_ignore(ds.class_labels)
+    ignore = labels[IGNORE]
+    for name, case in selection.cases.items():
+        image_path = ds.image_path(name)
+        (dest / "imagesTr").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(image_path, dest / "imagesTr" / image_path.name)
+        label = ds.load_label(name, image=ds.load_image(name))
+        sparse = sparsify_labels(label.array, case.chosen, ignore)
+        if sparse.max() <= 255 and sparse.min() >= 0:
+            sparse = sparse.astype(np.uint8)
+        write_nifti(dest / "labelsTr" / f"{name}{ds.file_ending}", Volume(sparse, label.affine))
+    for folder in ("imagesTs", "labelsTs"):
+        source = ds.root / folder
+        if source.is_dir():
+            (dest / folder).mkdir(parents=True, exist_ok=True)
+            for f in sorted(source.iterdir()):
+                if f.is_file():
+                    shutil.copyfile(f, dest / folder / f.name)
+    reserved = {"labels", "numTraining", "channel_names", "file_ending", "name"}
+    extra = {k: v for k, v in ds.meta.items() if k not in reserved}
+    extra["sparse_annotation"] = {
+        "source": str(ds.root),
+        "strategy": selection.strategy,
+        "budget": selection.budget,
+        "planes": list(selection.planes),
+        "seed": selection.seed,
+        "annotated_fraction": selection.cost["annotated_fraction"],
+        "covered_fraction": selection.cost["covered_fraction"],
+    }
+    write_dataset_json(
+        dest,
+        labels,
+        num_training=len(selection.cases),
+        channel_names=ds.meta.get("channel_names"),
+        name=f"{ds.name}_{selection.strategy}_s{selection.budget:g}",
+        **extra,
+    )
+    return dest

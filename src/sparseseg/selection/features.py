@@ -1,0 +1,170 @@
+"""Slice features for representative selection.
+
+Two extractors turn every slice of every chosen plane of every volume into a feature vector:
+
+- ``vgg`` (the paper's): a frozen VGG-19 convolutional trunk, two fully connected layers and a
+  light decoder form an auto-encoder that is trained on slices of all planes of all volumes
+  together; the feature of a slice is the output of the last FC layer. Slices are resized to
+  ``image_size`` squared, grey values replicated to three channels and ImageNet-normalised. The
+  trunk runs once per slice (its output is cached), so training touches only the small head.
+- ``intensity``: the slice, normalised per volume and resized to 16 x 16, flattened.
+
+Each volume is normalised on its own (0.5-99.5 percentile to [0, 1]) since intensity ranges
+differ between volumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sparseseg.data.planes import to_slices
+from sparseseg.errors import InputError
+
+EXTRACTORS = ("auto", "vgg", "intensity")
+# Used by ``auto`` when no ImageNet weights are available offline; chosen by the measurement in
+# benchmarks/extractors.py (see docs/selection.md).
+OFFLINE_EXTRACTOR = "intensity"
+
+
+@dataclass
+class FeatureSet:
+    """Features per volume, per plane: ``features[v][plane]`` is (N_plane, D) float32.
+
+    ``info`` says how they were made (extractor, weights, parameters), for the selection record.
+    """
+
+    features: list[dict[str, np.ndarray]]
+    info: dict = field(default_factory=dict)
+
+
+def normalise_volume(array: np.ndarray) -> np.ndarray:
+    """Map a volume to [0, 1] float32 by its 0.5 and 99.5 percentiles (min/max if those agree)."""
+    array = np.asarray(array, dtype=np.float32)
+    lo, hi = np.percentile(array, (0.5, 99.5))
+    if hi <= lo:
+        lo, hi = float(array.min()), float(array.max())
+    if hi <= lo:
+        return np.zeros_like(array)
+    return np.clip((array - lo) / (hi - lo), 0.0, 1.0)
+
+
+def resize_slices(slices: np.ndarray, size: int):
+    """(N, A, B) -> torch (N, 1, size, size) float32, bilinear with antialiasing."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None]
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def intensity_features(volume: np.ndarray, plane: str, size: int = 16) -> np.ndarray:
+    """Intensity features (N, size * size) of the slices of ``plane`` of a normalised volume."""
+    slices = to_slices(np.asarray(volume, dtype=np.float32), plane)
+    return resize_slices(slices, size).reshape(len(slices), -1).numpy()
+
+
+def resolve_extractor(name: str, weights) -> tuple[str, object]:
+    """Turn ``auto`` into a concrete extractor; return (extractor, weights path or None).
+
+    ``auto`` is ``vgg`` when ImageNet weights are found (``weights`` or the torch hub cache),
+    else :data:`OFFLINE_EXTRACTOR`. A ``weights`` path that does not exist is an InputError.
+    """
+    from sparseseg.selection.vgg import resolve_weights
+
+    if name not in EXTRACTORS:
+        raise InputError(f"unknown extractor {name!r}; choose one of {', '.join(EXTRACTORS)}")
+    path = resolve_weights(weights)
+    if name == "auto":
+        name = "vgg" if path is not None else OFFLINE_EXTRACTOR
+    if name == "intensity" and weights is not None:
+        raise InputError("--weights applies to the vgg extractor only")
+    return name, path if name == "vgg" else None
+
+
+def extract_features(
+    volumes: Sequence[np.ndarray],
+    planes: Sequence[str],
+    extractor: str = "auto",
+    weights=None,
+    seed: int = 0,
+    steps: int = 300,
+    batch_size: int = 64,
+    image_size: int = 128,
+    device: str | None = None,
+    progress: bool = False,
+) -> FeatureSet:
+    """Features of every slice of ``planes`` of each volume (X, Y, Z), raw intensities.
+
+    ``extractor`` is ``vgg``, ``intensity`` or ``auto`` (see :func:`resolve_extractor`);
+    ``weights`` an ImageNet VGG-19 state dict in torchvision's format (default: the torch hub
+    cache; without one the trunk keeps its random initialisation, and the record says so).
+    ``steps``, ``batch_size`` and ``image_size`` set the auto-encoder training.
+    """
+    name, path = resolve_extractor(extractor, weights)
+    normalised = [normalise_volume(v) for v in volumes]
+    if name == "intensity":
+        feats = [{p: intensity_features(v, p) for p in planes} for v in normalised]
+        return FeatureSet(feats, {"name": "intensity", "size": 16, "weights": None})
+    return _vgg_features(
+        normalised, planes, path, seed, steps, batch_size, image_size, device, progress
+    )
+
+
+def _vgg_features(volumes, planes, path, seed, steps, batch_size, image_size, device, progress):
+    import torch
+
+    from sparseseg.selection.autoencoder import SliceAutoEncoder, train_autoencoder
+    from sparseseg.selection.vgg import file_sha256, load_vgg19_weights
+
+    if image_size % 32 or image_size < 32:
+        raise InputError(f"image size must be a multiple of 32 (at least 32), got {image_size}")
+    if steps < 0 or batch_size < 1:
+        raise InputError("need steps >= 0 and batch size >= 1")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(seed)
+    model = SliceAutoEncoder(image_size=image_size)
+    if path is not None:
+        load_vgg19_weights(model.trunk, path)
+        weights = {"path": str(path), "sha256": file_sha256(path)[:16]}
+    else:
+        weights = "none: random init"
+    model.to(device)
+    # Trunk outputs of every slice, computed once: (volume, plane) -> (N, 512, g, g).
+    keys = [(i, p) for i in range(len(volumes)) for p in planes]
+    total = sum(to_slices(volumes[i], p).shape[0] for i, p in keys)
+    trunk_out, targets = {}, {}
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc="VGG-19 trunk", unit="slice", disable=not progress) as bar:
+        for i, p in keys:
+            slices = to_slices(volumes[i], p)
+            trunk_out[i, p] = model.run_trunk(resize_slices(slices, image_size), bar.update)
+            targets[i, p] = resize_slices(slices, model.recon_size)
+    model.fit_normaliser(torch.cat([trunk_out[key] for key in keys]))
+    history = train_autoencoder(
+        model,
+        torch.cat([trunk_out[key] for key in keys]),
+        torch.cat([targets[key] for key in keys]),
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+    )
+    feats: list[dict[str, np.ndarray]] = [{} for _ in volumes]
+    for i, p in keys:
+        feats[i][p] = model.encode_trunk_output(trunk_out[i, p])
+    info = {
+        "name": "vgg",
+        "weights": weights,
+        "image_size": image_size,
+        "feature_dim": model.feature_dim,
+        "steps": steps,
+        "batch_size": batch_size,
+        "final_loss": history[-1] if history else None,
+    }
+    return FeatureSet(feats, info)

@@ -1,0 +1,281 @@
+"""Choose the slices to annotate in every training volume of a dataset (Step I).
+
+:func:`select_volumes` works on arrays; :func:`select_slices` on a canonical dataset. Both return
+a :class:`Selection`: per case and plane the chosen slice indices in priority order (with the
+facility-location gains for ``ra``), plus the budget, strategy, extractor and annotation cost.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sparseseg.data.planes import PLANES, num_slices, parse_planes
+from sparseseg.errors import InputError
+from sparseseg.selection.features import extract_features
+from sparseseg.selection.sparsify import annotation_cost, total_cost
+from sparseseg.selection.strategies import (
+    STRATEGIES,
+    budget_count,
+    check_budget,
+    eia_indices,
+    random_indices,
+    representative_indices,
+)
+
+FORMAT = "sparseseg-selection"
+VERSION = 1
+
+
+@dataclass
+class PlaneChoice:
+    """The slices chosen in one plane of one volume.
+
+    ``indices``: slice indices along the plane's normal axis, in priority order.
+    ``gains``: the facility-location gain of each choice (``ra`` only).
+    ``coverage``: F(S) of the choice under the selection features (``ra`` only).
+    """
+
+    num_slices: int
+    indices: list[int]
+    gains: list[float] | None = None
+    coverage: float | None = None
+
+    def to_json(self) -> dict:
+        out = {"num_slices": self.num_slices, "count": len(self.indices), "indices": self.indices}
+        if self.gains is not None:
+            out["gains"] = self.gains
+            out["coverage"] = self.coverage
+            out["mean_coverage"] = self.coverage / self.num_slices
+        return out
+
+
+@dataclass
+class CaseSelection:
+    """The choice for one volume of shape (X, Y, Z)."""
+
+    case: str
+    shape: tuple[int, int, int]
+    planes: dict[str, PlaneChoice]
+
+    @property
+    def chosen(self) -> dict[str, list[int]]:
+        """Plane -> chosen slice indices (priority order)."""
+        return {p: c.indices for p, c in self.planes.items()}
+
+    @property
+    def cost(self) -> dict:
+        return annotation_cost(self.shape, self.chosen)
+
+    def to_json(self) -> dict:
+        return {
+            "shape": list(self.shape),
+            "planes": {p: c.to_json() for p, c in self.planes.items()},
+            "cost": self.cost,
+        }
+
+
+@dataclass
+class Selection:
+    """Chosen slices for a set of volumes, and how they were chosen."""
+
+    budget: float
+    strategy: str
+    planes: tuple[str, ...]
+    seed: int
+    extractor: dict | None
+    cases: dict[str, CaseSelection]
+    dataset: str | None = None
+    # Slice features per case and plane (``ra`` only); kept for figures, not written to JSON.
+    features: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    @property
+    def cost(self) -> dict:
+        """Annotation cost of all cases together."""
+        return total_cost([c.cost for c in self.cases.values()])
+
+    def chosen(self, case: str) -> dict[str, list[int]]:
+        return self.cases[case].chosen
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "dataset": self.dataset,
+            "budget": self.budget,
+            "strategy": self.strategy,
+            "planes": list(self.planes),
+            "seed": self.seed,
+            "extractor": self.extractor,
+            "cost": self.cost,
+            "cases": {name: c.to_json() for name, c in self.cases.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Selection:
+        if data.get("format") != FORMAT:
+            raise ValueError("not a sparseseg selection record")
+        cases = {}
+        for name, c in data["cases"].items():
+            planes = {
+                p: PlaneChoice(v["num_slices"], v["indices"], v.get("gains"), v.get("coverage"))
+                for p, v in c["planes"].items()
+            }
+            cases[name] = CaseSelection(name, tuple(c["shape"]), planes)
+        return cls(
+            budget=data["budget"],
+            strategy=data["strategy"],
+            planes=tuple(data["planes"]),
+            seed=data["seed"],
+            extractor=data["extractor"],
+            cases=cases,
+            dataset=data.get("dataset"),
+        )
+
+
+def read_selection(path: str | Path) -> Selection:
+    """Read ``selection.json`` (or the folder holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "selection.json"
+    if not path.is_file():
+        raise InputError("selection file not found", path)
+    try:
+        return Selection.from_json(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"not a valid selection record ({exc})", path) from None
+
+
+def case_rng(seed: int, case: str, plane: str) -> np.random.Generator:
+    """The random generator for one plane of one case: independent of the other cases."""
+    return np.random.default_rng([int(seed), zlib.crc32(case.encode()), PLANES.index(plane)])
+
+
+def check_volume_content(array: np.ndarray, case: str) -> None:
+    """Raise InputError for an empty volume: no voxels, or all voxels equal."""
+    if array.size == 0 or not np.isfinite(array).all():
+        raise InputError("volume is empty or holds non-finite values", case)
+    if float(array.max()) == float(array.min()):
+        raise InputError(
+            f"volume is constant (every voxel is {float(array.min()):g}): nothing to select", case
+        )
+
+
+def select_volumes(
+    volumes: Sequence[np.ndarray],
+    names: Sequence[str],
+    budget: float,
+    strategy: str = "ra",
+    planes: Sequence[str] | str = PLANES,
+    extractor: str = "auto",
+    weights=None,
+    seed: int = 0,
+    steps: int = 300,
+    image_size: int = 128,
+    device: str | None = None,
+    progress: bool = False,
+) -> Selection:
+    """Choose slices in volumes (X, Y, Z) named ``names``; see :func:`select_slices`."""
+    if strategy not in STRATEGIES:
+        raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    try:
+        planes = parse_planes(planes)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    budget = check_budget(budget)
+    if len(volumes) != len(names) or not volumes:
+        raise InputError("need one name per volume and at least one volume")
+    counts = []
+    for vol, name in zip(volumes, names, strict=True):
+        if np.ndim(vol) != 3:
+            raise InputError(f"expected a 3D volume, got shape {np.shape(vol)}", name)
+        check_volume_content(vol, name)
+        counts.append({p: budget_count(num_slices(vol.shape, p), budget) for p in planes})
+
+    features, info = None, None
+    if strategy == "ra":
+        fs = extract_features(
+            volumes, planes, extractor, weights, seed, steps, 64, image_size, device, progress
+        )
+        features, info = fs.features, fs.info
+
+    cases: dict[str, CaseSelection] = {}
+    for v, (vol, name) in enumerate(zip(volumes, names, strict=True)):
+        choices = {}
+        for p in planes:
+            n, k = num_slices(vol.shape, p), counts[v][p]
+            if strategy == "ra":
+                result = representative_indices(features[v][p], k)
+                choices[p] = PlaneChoice(
+                    n, result.order.tolist(), result.gains.tolist(), float(result.value)
+                )
+            elif strategy == "eia":
+                choices[p] = PlaneChoice(n, eia_indices(n, k).tolist())
+            else:
+                choices[p] = PlaneChoice(n, random_indices(n, k, case_rng(seed, name, p)).tolist())
+        cases[name] = CaseSelection(name, tuple(int(s) for s in vol.shape), choices)
+    feats = {} if features is None else dict(zip(names, features, strict=True))
+    return Selection(budget, strategy, planes, seed, info, cases, features=feats)
+
+
+def select_slices(
+    dataset,
+    budget: float,
+    strategy: str = "ra",
+    planes: Sequence[str] | str = PLANES,
+    extractor: str = "auto",
+    weights=None,
+    seed: int = 0,
+    steps: int = 300,
+    image_size: int = 128,
+    device: str | None = None,
+    progress: bool = False,
+    cases: Sequence[str] | None = None,
+) -> Selection:
+    """Choose the slices to annotate in the training images (imagesTr) of a canonical dataset.
+
+    ``dataset``: a :class:`~sparseseg.data.layout.Dataset` or its folder. ``budget``: k of
+    ``s_k`` (K = max(1, floor(N / k)) slices per plane per volume). ``strategy``: ``ra``
+    (representative: greedy facility location on slice features), ``eia`` (equal interval) or
+    ``random`` (seeded). ``extractor``/``weights``/``steps``/``image_size`` set the ``ra``
+    features (see :func:`~sparseseg.selection.features.extract_features`). ``cases`` limits the
+    selection to some training cases.
+    """
+    from sparseseg.data.layout import Dataset
+
+    ds = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
+    names = list(ds.cases("Tr")) if cases is None else list(cases)
+    if not names:
+        raise InputError("dataset has no training cases (imagesTr is empty)", ds.root)
+    missing = [c for c in names if c not in ds.cases("Tr")]
+    if missing:
+        raise InputError(f"no training image for cases {missing[:3]}", ds.root)
+    volumes = []
+    for name in names:
+        image = ds.load_image(name)
+        try:
+            check_volume_content(image.array, name)
+        except InputError as exc:
+            raise InputError(exc.problem, ds.image_path(name)) from None
+        volumes.append(image.array)
+    selection = select_volumes(
+        volumes,
+        names,
+        budget,
+        strategy,
+        planes,
+        extractor,
+        weights,
+        seed,
+        steps,
+        image_size,
+        device,
+        progress,
+    )
+    selection.dataset = str(ds.root)
+    return selection
