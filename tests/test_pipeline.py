@@ -177,3 +177,24 @@ def test_cli_train_then_predict_then_errors(trained, tmp_path, capsys):
     code = main(["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
+
+
+def test_python_api_mirrors_the_cli(trained, tmp_path):
+    from sparseseg import api
+
+    dataset, model, _ = trained
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    state = api.train(dataset, copy, "cpu", TINY, progress=False, verbose=False)
+    assert state["stages"]["bundle"]["done"] and "meta" in state["report"]["parts"]
+
+    ds = Dataset.open(dataset)
+    image = ds.load_image("heart_003", "Ts")
+    in_memory = api.predict(copy, image, parts="meta,3d", progress=False)
+    assert set(in_memory) == {"meta", "3d"} and in_memory["meta"].labels.shape == image.shape
+    written = api.predict(copy, ds.image_path("heart_003", "Ts"), tmp_path / "pred", progress=False)
+    scores = api.evaluate(tmp_path / "pred", dataset, split="Ts")
+    assert list(written) == ["heart_003"] and set(scores["cases"]) == {"heart_003"}
+
+    sel = api.select(dataset, 8, tmp_path / "sel", strategy="eia", progress=False)
+    assert (tmp_path / "sel").exists() and len(sel.cases) == 3
