@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sparseseg.config import Model2DConfig, Model3DConfig, get_preset
+from sparseseg.errors import InputError
+from sparseseg.inference import predict_planes_2d, predict_volume_3d
+from sparseseg.models import DenseVoxNet, UNet2D, build_model3d, load_model, save_model
+
+TINY3D = Model3DConfig(
+    stem_channels=4, growth=4, block_layers=(2, 2), up_channels=(8, 4), dropout=0.0
+)
+
+
+def test_densevoxnet_shapes_train_and_eval():
+    torch.manual_seed(0)
+    model = build_model3d(TINY3D, 1, 3)
+    x = torch.randn(2, 1, 12, 20, 28)  # multiples of the stride 4, all different
+    model.train()
+    main, aux = model(x)
+    assert main.shape == aux.shape == (2, 3, 12, 20, 28)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3, 12, 20, 28)
+    plain = DenseVoxNet(
+        2,
+        4,
+        stem_channels=4,
+        growth=4,
+        block_layers=(1, 1),
+        up_channels=(4, 4),
+        deep_supervision=False,
+    ).train()
+    assert plain(torch.randn(1, 2, 8, 8, 16)).shape == (1, 4, 8, 8, 16)
+
+
+def test_densevoxnet_init_is_normal_001():
+    model = DenseVoxNet(1, 3)  # paper widths
+    weights = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, nn.Conv3d)])
+    assert abs(weights.std().item() - 0.01) < 0.001 and abs(weights.mean().item()) < 0.001
+    assert sum(p.numel() for p in model.parameters()) > 1_000_000
+
+
+def test_stem_is_replaceable_for_a_two_branch_variant():
+    class TwoStem(DenseVoxNet):
+        def make_stem(self, in_channels, out_channels):
+            return nn.Conv3d(in_channels, out_channels, 3, stride=2, padding=1)
+
+    model = TwoStem(4, 2, stem_channels=4, growth=2, block_layers=(1, 1), up_channels=(4, 4))
+    model.eval()
+    assert model(torch.randn(1, 4, 8, 8, 8)).shape == (1, 2, 8, 8, 8)
+
+
+def test_unet2d_shapes_on_odd_multiples_of_its_stride():
+    model = UNet2D(3, 5, base_channels=4, depth=3).eval()
+    assert model.stride == 8
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 24, 40)).shape == (2, 5, 24, 40)
+    # He init: std close to sqrt(2 / fan_out) on a wide layer
+    conv = model.down[1][0]
+    fan_out = conv.out_channels * 9
+    assert abs(conv.weight.std().item() - (2 / fan_out) ** 0.5) < 0.3 * (2 / fan_out) ** 0.5
+
+
+def test_save_and_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = build_model3d(TINY3D, 1, 2).eval()
+    path = tmp_path / "m.pt"
+    save_model(path, model, "densevoxnet", TINY3D, extra={"note": "x"})
+    loaded, meta = load_model(path)
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert meta["extra"] == {"note": "x"}
+    torch.load(path, weights_only=True)  # weights-only readable
+    (tmp_path / "bad.pt").write_bytes(b"not a model")
+    with pytest.raises(InputError):
+        load_model(tmp_path / "bad.pt")
+    with pytest.raises(InputError):
+        load_model(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_predict_volume_3d_pads_odd_sizes_and_returns_probabilities(precision):
+    torch.manual_seed(0)
+    model = build_model3d(TINY3D, 1, 3)
+    image = np.random.default_rng(0).normal(size=(13, 17, 9)).astype(np.float32)
+    probs = predict_volume_3d(model, image, (8, 8, 8), 0.25, precision=precision)
+    assert probs.shape == (3, 13, 17, 9) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
+    two = build_model3d(TINY3D, 2, 3)  # generic over input channels (meta-model style)
+    assert predict_volume_3d(two, np.stack([image, image]), (8, 8, 8)).shape == (3, 13, 17, 9)
+
+
+def test_predict_planes_2d_covers_every_slice_of_each_plane():
+    torch.manual_seed(0)
+    model = UNet2D(1, 3, base_channels=4, depth=2)
+    image = np.random.default_rng(1).normal(size=(11, 6, 9)).astype(np.float32)
+    probs = predict_planes_2d(model, image, ("xy", "xz", "yz"), batch_size=4, precision="fp32")
+    labels = predict_planes_2d(
+        model, image, ("xy", "xz", "yz"), batch_size=3, precision="fp32", labels_only=True
+    )
+    for plane in ("xy", "xz", "yz"):
+        assert probs[plane].shape == (3, 11, 6, 9)
+        np.testing.assert_allclose(probs[plane].sum(0), 1.0, atol=1e-4)
+        assert labels[plane].dtype == np.uint8
+        assert np.mean(labels[plane] == probs[plane].argmax(0)) > 0.999
+    # slice n of plane xy is exactly the model applied to image[:, :, n] (padded to the stride)
+    x = torch.from_numpy(np.pad(image[:, :, 4], ((0, 1), (0, 2))))[None, None]
+    with torch.no_grad():
+        want = torch.softmax(model.eval()(x), 1)[0, :, :11, :6].numpy()
+    np.testing.assert_allclose(probs["xy"][:, :, :, 4], want, atol=1e-5)
+
+
+def test_presets_build_models():
+    for name in ("cpu", "paper"):
+        preset = get_preset(name)
+        assert isinstance(preset.model2d, Model2DConfig)
+        build_model3d(preset.model3d, 1, 3)
