@@ -10,7 +10,8 @@ slice's layout while keeping the head cheap on a CPU.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -23,6 +24,17 @@ from sparseseg.selection.vgg import (
     TRUNK_STRIDE,
     vgg19_features,
 )
+
+
+@contextlib.contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Treat denormal floats as zero on the CPU inside the block (PyTorch's default, no flushing,
+    is restored after). Without it, CPU training of the head here runs up to 30x slower."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 class SliceAutoEncoder(nn.Module):
@@ -131,13 +143,14 @@ def train_autoencoder(
     model.train()
     history = []
     n = len(trunk_out)
-    for _ in tqdm(range(steps), desc="auto-encoder", unit="step", disable=not progress):
-        idx = torch.randint(n, (min(batch_size, n),), generator=generator)
-        _, recon = model(trunk_out[idx])
-        loss = nn.functional.mse_loss(recon, targets[idx].to(model.device))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        history.append(float(loss))
+    with flush_denormals():
+        for _ in tqdm(range(steps), desc="auto-encoder", unit="step", disable=not progress):
+            idx = torch.randint(n, (min(batch_size, n),), generator=generator)
+            _, recon = model(trunk_out[idx])
+            loss = nn.functional.mse_loss(recon, targets[idx].to(model.device))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            history.append(float(loss.detach()))
     model.eval()
     return history
