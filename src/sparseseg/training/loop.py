@@ -162,6 +162,7 @@ def fit(
     amp_dtype = autocast_dtype(device, cfg.precision)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     history: list[dict[str, float]] = []
+    window: dict[str, list[float]] = {}  # values logged since the last history entry
     start, elapsed = 0, 0.0
     path = Path(checkpoint) if checkpoint is not None else None
 
@@ -179,6 +180,7 @@ def fit(
                 obj.load_state_dict(state["extra"][name])
         _set_rng_state(state["rng"])
         start, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
+        window = {k: list(v) for k, v in state.get("window", {}).items()}
 
     def snapshot(step: int, done: bool) -> None:
         if path is None:
@@ -192,6 +194,7 @@ def fit(
             "elapsed": elapsed,
             "rng": _rng_state(),
             "history": history,
+            "window": window,
             "extra": {k: v.state_dict() for k, v in (extra_state or {}).items()},
         }
         if scaler is not None:
@@ -199,7 +202,6 @@ def fit(
         save_checkpoint(path, state)
 
     bar = _progress_bar(total, start, progress_desc, progress)
-    window: dict[str, list[float]] = {}
     last_save = time.monotonic()
     step = start
     try:
