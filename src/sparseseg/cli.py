@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "predict": "predict",
     "evaluate": "evaluate",
+    "experiment": "experiment",
 }
 
 

@@ -1,0 +1,398 @@
+"""The paper's study: simulate sparse annotation from dense labels, train, score, tabulate.
+
+For each strategy, budget and seed the runner selects slices on the training split
+(``select --simulate-from-labels``), trains Steps II and III on the sparse labels, and scores
+every model part on the test split: the self-trained meta-model (RA+ST), the sparse 3D DVN and the
+2D FCN per plane. Once per seed it also trains the 3D DVN on the dense labels (full supervision).
+
+    OUT/runs/STRATEGY-sK-seedS/selection/   selection.json and the simulated sparse dataset
+    OUT/runs/STRATEGY-sK-seedS/model/       the trained model folder (see sparseseg.pipeline)
+    OUT/runs/STRATEGY-sK-seedS/result.json  its rows; present only once the run is complete
+    OUT/runs/full-seedS/                    the fully supervised reference
+    OUT/results.csv                         one row per run, model and class
+    OUT/cases.csv                           one row per run, model and test case
+    OUT/tables.md, OUT/fig5.png             paper-style table and budget plot
+    OUT/comparisons.md                      paired RA vs EIA and +ST vs base differences
+
+A run whose ``result.json`` exists is skipped, so a grid can be built up over several calls.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparseseg import report
+from sparseseg.data.layout import Dataset
+from sparseseg.errors import InputError
+from sparseseg.fileio import write_json, write_text
+
+CASE_FIELDS = [
+    "dataset",
+    "strategy",
+    "budget",
+    "seed",
+    "model",
+    "case",
+    "dice",
+    "overall",
+    "rand_f",
+]
+STRATEGIES = ("ra", "eia", "random")
+
+
+def run_name(strategy: str, budget: float, seed: int) -> str:
+    return f"{strategy}-s{budget:g}-seed{seed}"
+
+
+def seed_overrides(seed: int) -> dict[str, int]:
+    """Preset overrides that make every model's sampling depend on ``seed``."""
+    return {"train2d.seed": seed, "train3d.seed": seed, "meta.train.seed": seed}
+
+
+def rows_from_metrics(metrics: dict, common: dict, model: str) -> tuple[list[dict], list[dict]]:
+    """Result rows (per class and 'mean') and case rows of one model from an evaluate() dict."""
+    summary = metrics["summary"]
+    rows = []
+    fields = (("dice", "dice"), ("adb", "adb_mm"), ("hausdorff", "hausdorff_mm"))
+    for name, stats in summary["classes"].items():
+        row = {**common, "model": model, "class": name}
+        for key, column in fields:
+            row[column] = stats[key]["mean"]
+        rows.append(row)
+    mean_row = {**common, "model": model, "class": "mean"}
+    for _key, column in fields:
+        values = [r[column] for r in rows if r[column] is not None]
+        mean_row[column] = float(np.mean(values)) if values else None
+    mean_row["overall"] = summary.get("hvsmr_score", {}).get("mean")
+    if "rand_f" in summary:
+        mean_row["rand_f"] = summary["rand_f"]["mean"]
+    rows.append(mean_row)
+    case_rows = []
+    for case, entry in metrics["cases"].items():
+        dices = [c["dice"] for c in entry["classes"].values() if c["dice"] is not None]
+        case_rows.append(
+            {
+                **{k: common[k] for k in ("dataset", "strategy", "budget", "seed")},
+                "model": model,
+                "case": case,
+                "dice": float(np.mean(dices)) if dices else None,
+                "overall": entry.get("hvsmr_score"),
+                "rand_f": entry.get("rand_f"),
+            }
+        )
+    return rows, case_rows
+
+
+def sparse_run(
+    dataset: Dataset,
+    run_dir: Path,
+    strategy: str,
+    budget: float,
+    seed: int,
+    preset: str,
+    overrides: dict,
+    *,
+    planes: str,
+    extractor: str,
+    device: str | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict:
+    """Select, train and score one (strategy, budget, seed); return its rows."""
+    from sparseseg import api
+    from sparseseg.predict import PARTS
+
+    selection_dir = run_dir / "selection"
+    if not (selection_dir / "dataset" / "dataset.json").exists():
+        if selection_dir.exists():
+            shutil.rmtree(selection_dir)  # an interrupted selection is cheap to redo
+        selection = api.select(
+            dataset.root,
+            budget,
+            selection_dir,
+            strategy=strategy,
+            planes=planes,
+            extractor=extractor,
+            seed=seed,
+            device=device,
+            simulate_from_labels=True,
+            progress=progress,
+        )
+        cost = selection.cost
+    else:
+        cost = json.loads((selection_dir / "selection.json").read_text())["cost"]
+    t0 = time.perf_counter()
+    state = api.train(
+        selection_dir / "dataset",
+        run_dir / "model",
+        preset,
+        {**seed_overrides(seed), **overrides},
+        resume=True,
+        device=device,
+        progress=progress,
+        verbose=False,
+    )
+    seconds = sum(state["stages"][s].get("seconds", 0.0) for s in ("pseudolabels", "meta")) or (
+        time.perf_counter() - t0
+    )
+    common = {
+        "dataset": dataset.name,
+        "strategy": strategy,
+        "budget": budget,
+        "seed": seed,
+        "annotated_fraction": cost["annotated_fraction"],
+        "coverage": cost["covered_fraction"],
+        "train_seconds": seconds,
+    }
+    rows, case_rows = [], []
+    for part in PARTS:
+        metrics_path = run_dir / "model" / "test_predictions" / part / "metrics.json"
+        r, c = rows_from_metrics(json.loads(metrics_path.read_text()), common, part)
+        rows += r
+        case_rows += c
+    log(f"{run_dir.name}: " + ", ".join(_headline(rows, p) for p in ("meta", "3d")))
+    return {"rows": rows, "cases": case_rows}
+
+
+def full_run(
+    dataset: Dataset,
+    run_dir: Path,
+    seed: int,
+    preset: str,
+    overrides: dict,
+    *,
+    device: str | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict:
+    """Train the 3D DVN on the dense training labels and score it on the test split."""
+    from sparseseg.config import get_preset
+    from sparseseg.evaluation import evaluate
+    from sparseseg.models import load_model, save_model
+    from sparseseg.predict import case_name
+    from sparseseg.pseudolabels import load_training_cases, train_model3d
+    from sparseseg.training.sampling import zscore
+
+    cfg = get_preset(preset, {**seed_overrides(seed), **overrides})
+    model_file = run_dir / "model3d.pt"
+    t0 = time.perf_counter()
+    if not model_file.exists():
+        import torch
+
+        torch.manual_seed(seed)
+        cases = load_training_cases(dataset)
+        model, _ = train_model3d(
+            cases,
+            dataset.num_classes,
+            dataset.num_classes,  # dense labels: only padding carries the ignore value
+            cfg,
+            run_dir / "model3d.ckpt",
+            resume=True,
+            device=device,
+            progress=progress,
+        )
+        save_model(model_file, model, "densevoxnet", cfg.model3d, extra={"preset": cfg.name})
+        (run_dir / "seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    seconds = float((run_dir / "seconds.txt").read_text())
+    model, _ = load_model(model_file)
+    pred_dir = run_dir / "predictions"
+    from sparseseg.data.io import write_nifti
+    from sparseseg.inference import predict_volume_3d
+
+    for path in sorted((dataset.root / "imagesTs").glob(f"*{dataset.file_ending}")):
+        case = case_name(path)
+        out = pred_dir / f"{case}{dataset.file_ending}"
+        if out.exists():
+            continue
+        image = dataset.load_image(case, "Ts")
+        probs = predict_volume_3d(
+            model,
+            zscore(image.array),
+            cfg.inference.patch,
+            cfg.inference.overlap,
+            sw_batch_size=cfg.inference.sw_batch_size,
+            device=device,
+        )
+        write_nifti(out, image.with_array(probs.argmax(0).astype(np.uint8)))
+    metrics = evaluate(pred_dir, dataset.root, out=run_dir / "metrics.json", split="Ts")
+    common = {
+        "dataset": dataset.name,
+        "strategy": "full",
+        "budget": 1,
+        "seed": seed,
+        "annotated_fraction": 1.0,
+        "coverage": 1.0,
+        "train_seconds": seconds,
+    }
+    rows, case_rows = rows_from_metrics(metrics, common, "full")
+    log(f"{run_dir.name}: " + _headline(rows, "full"))
+    return {"rows": rows, "cases": case_rows}
+
+
+def _headline(rows: list[dict], model: str) -> str:
+    row = next(r for r in rows if r["model"] == model and r["class"] == "mean")
+    value = row.get("rand_f") if row.get("rand_f") is not None else row["dice"]
+    name = "Rand F" if row.get("rand_f") is not None else "Dice"
+    return f"{model} {name} {value:.3f}" if value is not None else f"{model} {name} n/a"
+
+
+def comparisons(case_rows: list[dict], budgets: Sequence[float], metric: str) -> list[dict]:
+    """Paired differences: RA vs EIA (per model and budget) and +ST vs each base model."""
+    out = []
+    strategies = sorted({r["strategy"] for r in case_rows} - {"full"})
+    for budget in budgets:
+        at = [r for r in case_rows if r["budget"] == budget]
+        if "ra" in strategies and "eia" in strategies:
+            for model in ("meta", "3d"):
+                diff = report.paired_difference(
+                    at,
+                    metric,
+                    {"strategy": "ra", "model": model},
+                    {"strategy": "eia", "model": model},
+                )
+                out.append({"comparison": f"RA - EIA ({model})", "budget": budget, **diff})
+        for strategy in strategies:
+            for base in ("3d", "xy", "xz", "yz"):
+                diff = report.paired_difference(
+                    at,
+                    metric,
+                    {"strategy": strategy, "model": "meta"},
+                    {"strategy": strategy, "model": base},
+                    pair_on=("seed", "case"),
+                )
+                out.append(
+                    {"comparison": f"{strategy.upper()}+ST - {base}", "budget": budget, **diff}
+                )
+    return out
+
+
+def comparisons_markdown(items: list[dict], metric: str) -> str:
+    lines = [
+        f"Paired differences of per-case {metric} over seeds and test cases "
+        "(mean, 95% t-interval, share of pairs where the first is better).",
+        "",
+        "| Comparison | Budget | n | Mean difference | 95% CI | First better |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in items:
+        if c.get("n", 0) < 2:
+            continue
+        lines.append(
+            f"| {c['comparison']} | s{c['budget']:g} | {c['n']} | {c['mean']:+.4f} | "
+            f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['a_better']:.0%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, results: list[dict], budgets: Sequence[float]) -> dict[str, Path]:
+    """Write results.csv, cases.csv, tables.md, fig5.png and comparisons.md from run results."""
+    rows = [r for res in results for r in res["rows"]]
+    case_rows = [r for res in results for r in res["cases"]]
+    report.write_rows(out / "results.csv", rows, report.RESULT_FIELDS)
+    report.write_rows(out / "cases.csv", case_rows, CASE_FIELDS)
+    metric = "rand_f" if any(r.get("rand_f") is not None for r in rows) else "dice"
+    write_text(out / "tables.md", report.summary_table(rows))
+    report.plot_budget_curve(rows, out / "fig5.png", metric)
+    items = comparisons(case_rows, budgets, metric)
+    write_json(out / "comparisons.json", items)
+    write_text(out / "comparisons.md", comparisons_markdown(items, metric))
+    return {name: out / name for name in ("results.csv", "tables.md", "fig5.png", "comparisons.md")}
+
+
+def run_experiment(
+    dataset: str | Path | Dataset,
+    out: str | Path,
+    budgets: Sequence[float] = (5, 10, 20, 40),
+    strategies: Sequence[str] = ("ra", "eia"),
+    seeds: Sequence[int] = (0,),
+    preset: str = "cpu",
+    overrides: dict[str, Any] | None = None,
+    *,
+    planes: str = "xy,xz,yz",
+    extractor: str = "auto",
+    full: bool = True,
+    device: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Path]:
+    """Run (or complete) the grid; return the paths of the written tables and figure."""
+    dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
+    if dataset.ignore_value is not None:
+        raise InputError(
+            "the experiment needs dense training labels, not sparse ones", dataset.root
+        )
+    if not dataset.has_labels("Ts"):
+        raise InputError(
+            "the experiment needs a labelled test split (imagesTs, labelsTs)", dataset.root
+        )
+    if not dataset.has_labels("Tr"):
+        raise InputError("the experiment needs labelled training cases", dataset.root)
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad:
+        raise InputError(f"unknown strategies {bad} (expected {', '.join(STRATEGIES)})")
+    from sparseseg.config import get_preset
+
+    out = Path(out)
+    overrides = dict(overrides or {})
+    try:
+        get_preset(preset, {**seed_overrides(0), **overrides})
+    except ValueError as exc:
+        raise InputError(f"bad settings: {exc}") from None
+    jobs: list[tuple[str, Callable[[Path], dict]]] = []
+    for seed in seeds:
+        if full:
+            jobs.append(
+                (
+                    f"full-seed{seed}",
+                    lambda d, s=seed: full_run(
+                        dataset, d, s, preset, overrides, device=device, progress=progress, log=log
+                    ),
+                )
+            )
+        for budget in budgets:
+            for strategy in strategies:
+                jobs.append(
+                    (
+                        run_name(strategy, budget, seed),
+                        lambda d, st=strategy, b=budget, s=seed: sparse_run(
+                            dataset,
+                            d,
+                            st,
+                            b,
+                            s,
+                            preset,
+                            overrides,
+                            planes=planes,
+                            extractor=extractor,
+                            device=device,
+                            progress=progress,
+                            log=log,
+                        ),
+                    )
+                )
+    results = []
+    for i, (name, job) in enumerate(jobs, 1):
+        run_dir = out / "runs" / name
+        done = run_dir / "result.json"
+        if done.exists():
+            log(f"[{i}/{len(jobs)}] {name}: done already, skipped")
+        else:
+            log(f"[{i}/{len(jobs)}] {name}: running")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(done, report_safe(job(run_dir)))
+        results.append(json.loads(done.read_text()))
+    return write_outputs(out, results, budgets)
+
+
+def report_safe(result: dict) -> dict:
+    """NaN -> None so the result file is valid JSON."""
+    from sparseseg.metrics import json_safe
+
+    return json_safe(result)
