@@ -149,22 +149,26 @@ def lazy_greedy(sim: np.ndarray, k: int, symmetric: bool = True) -> GreedyResult
         order[t], gains[t] = i, bounds[i]
         row = sim[i]
         rose = np.flatnonzero(row > cur)
+        lo, hi = cur[rose], row[rose]
         # Gain i loses sum over risen j of clip(sim[i, j], lo_j, hi_j) - lo_j.
-        decrease = np.zeros(n)
+        decrease = None
         for start in range(0, rose.size, chunk):
-            cols = rose[start : start + chunk]
-            block = blockbuf[: cols.size]
+            stop = start + chunk
+            block = blockbuf[: min(stop, rose.size) - start]
             if symmetric:
-                np.take(sim, cols, axis=0, out=block)
+                np.take(sim, rose[start:stop], axis=0, out=block)
             else:
-                block[...] = sim[:, cols].T
-            np.clip(block, cur[cols, None], row[cols, None], out=block)
-            decrease += block.sum(axis=0)
-        lo_sum, hi_sum = cur[rose].sum(), row[rose].sum()
-        decrease -= lo_sum
-        # The sums' rounding error is at most (m + 2) eps times the sum of the terms' bounds.
-        bounds -= decrease
-        bounds += (rose.size + 4) * eps * (lo_sum + hi_sum) + 4.0 * eps * n
+                block[...] = sim[:, rose[start:stop]].T
+            np.clip(block, lo[start:stop, None], hi[start:stop, None], out=block)
+            part = block.sum(axis=0)
+            decrease = part if decrease is None else np.add(decrease, part, out=decrease)
+        lo_sum, hi_sum = lo.sum(), hi.sum()
+        # Loosen by the rounding error: at most (m + 2) eps times the sum of the terms' bounds
+        # for the sums, and eps |bound| for each of the two updates.
+        slack = (rose.size + 4) * eps * (lo_sum + hi_sum) + 4.0 * eps * n
+        if decrease is not None:  # None: no coverage rose, no gain changed
+            decrease -= lo_sum + slack
+            bounds -= decrease
         np.maximum(cur, row, out=cur)
         bounds[i] = -np.inf
     return GreedyResult(order, gains, float(cur.sum()))
