@@ -5,7 +5,7 @@ import json
 from sparseseg import report
 from sparseseg.cli import main
 from sparseseg.data.phantom import write_phantom_dataset
-from sparseseg.experiment import run_experiment
+from sparseseg.demo import run_demo
 
 TINY = {
     "model2d.base_channels": 4,
@@ -33,22 +33,14 @@ TINY = {
 }
 
 
-def test_grid_runs_scores_and_skips(tmp_path):
-    data = write_phantom_dataset(
-        tmp_path / "heart", "heart", cases=2, seed=1, test_cases=2, shape=(24, 24, 16)
-    )
-    out = tmp_path / "results"
+def test_demo_grid_runs_scores_reports_and_skips(tmp_path):
     logs = []
     kwargs = dict(
-        budgets=(4,),
-        strategies=("ra", "eia"),
-        seeds=(0,),
-        overrides=TINY,
-        extractor="intensity",
-        progress=False,
-        log=logs.append,
+        cases=2, test_cases=2, budget=4, shape=(24, 24, 16), overrides=TINY, progress=False
     )
-    paths = run_experiment(data, out, **kwargs)
+    report_md = run_demo(tmp_path / "demo", log=logs.append, **kwargs)
+    out = tmp_path / "demo" / "experiment"
+    paths = {name: out / name for name in ("results.csv", "tables.md", "fig5.png")}
     rows = report.read_rows(paths["results.csv"])
     models = {(r["strategy"], r["model"]) for r in rows}
     assert ("full", "full") in models
@@ -68,9 +60,14 @@ def test_grid_runs_scores_and_skips(tmp_path):
     comparisons = json.loads((out / "comparisons.json").read_text())
     assert any(c["comparison"] == "RA - EIA (meta)" and c["n"] == 2 for c in comparisons)
 
+    text = report_md.read_text()
+    assert "RA+ST" in text and "![predictions](predictions.png)" in text
+    for figure in ("selection.png", "predictions.png"):
+        assert (tmp_path / "demo" / figure).read_bytes()[:4] == b"\x89PNG"
+
     # A second call finds every run done and only rewrites the tables.
     logs.clear()
-    run_experiment(data, out, **kwargs)
+    run_demo(tmp_path / "demo", log=logs.append, **kwargs)
     assert sum("skipped" in line for line in logs) == 3
 
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "predict": "predict",
     "evaluate": "evaluate",
     "experiment": "experiment",
+    "demo": "demo",
 }
 
 
