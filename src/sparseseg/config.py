@@ -37,6 +37,7 @@ class Model3DConfig:
     norm: str = "batch"
     dropout: float = 0.2
     deep_supervision: bool = True
+    init_std: float | None = 0.01  # N(0, init_std) conv weights as in the paper; None: He init
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,10 @@ def get_preset(name: str, overrides: list[str] | dict[str, Any] | None = None) -
 def _convert(value: Any, current: Any) -> Any:
     if isinstance(value, str) and not isinstance(current, str):
         text = value.strip()
+        if text.lower() in ("none", "null"):
+            return None
+        if current is None:
+            return float(text)
         if isinstance(current, bool):
             if text.lower() in ("1", "true", "yes", "on"):
                 return True

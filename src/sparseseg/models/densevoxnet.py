@@ -43,7 +43,8 @@ class DenseLayer(nn.Module):
         super().__init__()
         self.norm = make_norm(norm, in_channels)
         self.conv = nn.Conv3d(in_channels, growth, 3, padding=1, bias=False)
-        self.drop = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
+        # element-wise dropout after each conv, as in Yu et al.
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, self.drop(self.conv(torch.relu(self.norm(x))))], dim=1)
@@ -114,11 +115,15 @@ class DenseVoxNetBody(nn.Module):
         return main
 
 
-def init_normal_(module: nn.Module, std: float = 0.01) -> None:
-    """N(0, std) for conv weights, zero biases, unit norm weights (the paper's 3D init)."""
+def init_normal_(module: nn.Module, std: float | None = 0.01) -> None:
+    """N(0, std) for conv weights (the paper's 3D init; ``std=None``: He normal, fan_out), zero
+    biases, unit norm weights."""
     for m in module.modules():
         if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d, nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(m.weight, 0.0, std)
+            if std is None:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm3d, nn.InstanceNorm3d)) and m.affine:
@@ -146,7 +151,7 @@ class DenseVoxNet(nn.Module):
         norm: str = "batch",
         dropout: float = 0.2,
         deep_supervision: bool = True,
-        init_std: float = 0.01,
+        init_std: float | None = 0.01,
     ):
         super().__init__()
         self.in_channels = in_channels

@@ -47,6 +47,7 @@ def densevoxnet_kwargs(cfg) -> dict[str, Any]:
         "norm": cfg.norm,
         "dropout": cfg.dropout,
         "deep_supervision": cfg.deep_supervision,
+        "init_std": cfg.init_std,
     }
 
 
