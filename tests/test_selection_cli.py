@@ -118,6 +118,8 @@ def test_errors_exit_2(phantom, tmp_path, capsys):
     assert "k >= 1" in capsys.readouterr().err
     assert _run(phantom, "--budget", 4, "--out", out, "--weights", tmp_path / "no.pth") == 2
     assert "weights file not found" in capsys.readouterr().err
+    assert _run(phantom, "--budget", 4, "--out", out, "--strategy", "eia", "--weights", "x") == 2
+    assert "weights file not found" in capsys.readouterr().err
     flat = _constant_dataset(tmp_path / "flat")
     assert _run(flat, "--budget", 4, "--out", out, "--strategy", "eia") == 2
     err = capsys.readouterr().err

@@ -27,6 +27,7 @@ from sparseseg.selection.strategies import (
     random_indices,
     representative_indices,
 )
+from sparseseg.selection.vgg import resolve_weights
 
 FORMAT = "sparseseg-selection"
 VERSION = 1
@@ -188,6 +189,8 @@ def select_volumes(
     except ValueError as exc:
         raise InputError(str(exc)) from None
     budget = check_budget(budget)
+    if weights is not None:
+        resolve_weights(weights)  # a missing weights file is an error whatever the strategy
     if len(volumes) != len(names) or not volumes:
         raise InputError("need one name per volume and at least one volume")
     counts = []
