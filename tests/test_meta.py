@@ -65,3 +65,17 @@ def test_rebuilds_from_plain_kwargs():
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
     assert a.stem.pl[0].out_channels == 6 and a.stem.image[0].out_channels == 8
+
+
+def test_ay_skip_adds_the_vote_to_the_logits():
+    net = tiny(3, ay_skip=4.0).eval()
+    x = torch.randn(2, 4, 8, 8, 8)
+    x[:, 1:] = torch.rand(2, 3, 8, 8, 8)
+    with torch.no_grad():
+        out = net(x)
+        body = net.body(net.stem(x))
+    assert torch.allclose(out - body, 4.0 * x[:, 1:], atol=1e-5)
+    net.train()
+    main, aux = net(x)
+    assert main.shape == aux.shape == (2, 3, 8, 8, 8)
+    assert tiny(3).ay_skip is None  # off by default

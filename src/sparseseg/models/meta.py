@@ -70,8 +70,10 @@ class YDenseVoxNet(DenseVoxNet):
     Outputs follow :class:`DenseVoxNet`: ``(main, aux)`` in training mode with deep supervision,
     else the main logits (B, num_classes, X, Y, Z). Spatial sizes must be multiples of 4.
     ``stem_channels`` is the width of the image branch and of the fused features, ``ay_channels``
-    the width of the A(Y) branch (default: ``stem_channels``). All other keyword arguments are
-    DenseVoxNet's.
+    the width of the A(Y) branch (default: ``stem_channels``). With ``ay_skip`` (> 0) a 1x1x1
+    conv from A(Y), initialised to ``ay_skip`` x identity, is added to the output logits (main
+    and auxiliary): the untrained model then predicts the base models' vote, and the network
+    learns corrections to it. All other keyword arguments are DenseVoxNet's.
     """
 
     def __init__(
@@ -80,8 +82,9 @@ class YDenseVoxNet(DenseVoxNet):
         *,
         image_channels: int = 1,
         ay_channels: int | None = None,
+        ay_skip: float = 0.0,
         stem_channels: int = 16,
-        init_std: float = 0.01,
+        init_std: float | None = 0.01,
         **kwargs,
     ):
         self._y_ay_channels = ay_channels or stem_channels
@@ -95,6 +98,21 @@ class YDenseVoxNet(DenseVoxNet):
         )
         self.image_channels = image_channels
         init_normal_(self, init_std)
+        self.ay_skip = None
+        if ay_skip > 0:
+            self.ay_skip = nn.Conv3d(num_classes, num_classes, 1)
+            with torch.no_grad():
+                self.ay_skip.weight.copy_(ay_skip * torch.eye(num_classes)[..., None, None, None])
+                self.ay_skip.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        out = self.body(self.stem(x))
+        if self.ay_skip is None:
+            return out
+        prior = self.ay_skip(x[:, self.image_channels :])
+        if isinstance(out, tuple):
+            return tuple(o + prior for o in out)
+        return out + prior
 
     def make_stem(self, in_channels: int, out_channels: int) -> nn.Module:
         image_channels = self._y_image_channels
@@ -120,6 +138,7 @@ def meta_kwargs(cfg, num_classes: int, image_channels: int = 1) -> dict:
         "num_classes": int(num_classes),
         "image_channels": int(image_channels),
         "ay_channels": int(cfg.ay_stem_channels),
+        "ay_skip": float(getattr(cfg, "ay_skip", 0.0) or 0.0),
         **kwargs,
     }
 
