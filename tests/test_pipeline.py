@@ -198,3 +198,42 @@ def test_python_api_mirrors_the_cli(trained, tmp_path):
 
     sel = api.select(dataset, 8, tmp_path / "sel", strategy="eia", progress=False)
     assert (tmp_path / "sel").exists() and len(sel.cases) == 3
+
+
+@pytest.mark.slow
+def test_sigkill_during_meta_training_then_resume(trained, tmp_path):
+    """A real SIGKILL while the meta-model trains; --resume continues from the checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sparseseg.training.loop import load_checkpoint
+
+    dataset, model, _ = trained
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy, ignore=shutil.ignore_patterns("stage3_meta", "bundle.*"))
+    state = json.loads((copy / "pipeline.json").read_text())
+    state["stages"] = {"pseudolabels": state["stages"]["pseudolabels"]}
+    (copy / "pipeline.json").write_text(json.dumps(state))
+    settings = {**TINY, "meta.stage1_iterations": 30, "meta.stage2_iterations": 10}
+    args = [sys.executable, "-m", "sparseseg", "train", str(dataset), "--out", str(copy)]
+    args += [f"--set={k}={v}" for k, v in settings.items()] + ["--quiet", "--no-report"]
+    ckpt = copy / "stage3_meta" / "meta.ckpt"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not ckpt.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert ckpt.exists(), "no checkpoint appeared"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = load_checkpoint(ckpt)["step"]
+    assert 0 < killed_at < 40
+    done = subprocess.run(args + ["--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    log = json.loads((copy / "stage3_meta" / "selftrain.json").read_text())
+    assert log["steps"] == 40
+    assert log["history"][0]["step"] <= killed_at  # history before the kill was kept
