@@ -85,7 +85,7 @@ def main() -> None:
     candidates = {
         "intensity 16x16": dict(extractor="intensity"),
         "vgg random trunk, untrained head, 64px": dict(extractor="vgg", steps=0, image_size=64),
-        f"vgg random trunk + AE {args.steps} steps, 64px": dict(
+        f"vgg random trunk + AE {args.steps} steps, 64px (auto size)": dict(
             extractor="vgg", steps=args.steps, image_size=64
         ),
         f"vgg random trunk + AE {args.steps} steps, 128px": dict(
@@ -128,16 +128,29 @@ def main() -> None:
                     for s in range(args.random_seeds)
                 ]
                 rows.setdefault("random (mean of seeds)", []).append(tuple(np.mean(rand, axis=0)))
-        print(f"\ns{k:g}: {len(names)} cases x {len(PLANES)} planes (mean +- s.e.m.)")
-        print(f"  {'selection':48s} {'label coverage':>18s} {'label Dice':>18s}")
+        print(
+            f"\ns{k:g}: {len(names)} cases x {len(PLANES)} planes; mean +- s.e.m., and the "
+            "paired difference to ra with intensity 16x16 and to eia"
+        )
+        print(
+            f"  {'selection':58s} {'label coverage':>17s} {'label Dice':>17s}   "
+            f"{'vs intensity (cov, Dice)':>30s}   {'vs eia (cov, Dice)':>30s}"
+        )
         base = np.asarray(rows["ra: intensity 16x16"])
+        eia = np.asarray(rows["eia"])
         for name, vals in rows.items():
             a = np.asarray(vals)
             sem = a.std(axis=0, ddof=1) / np.sqrt(len(a))
-            diff = (a - base).mean(axis=0)
+            cells = []
+            for ref in (base, eia):
+                d = a - ref
+                dsem = d.std(axis=0, ddof=1) / np.sqrt(len(d))
+                cells.append(
+                    f"{d[:, 0].mean():+.4f}+-{dsem[0]:.4f} {d[:, 1].mean():+.4f}+-{dsem[1]:.4f}"
+                )
             print(
-                f"  {name:48s} {a[:, 0].mean():.4f} +- {sem[0]:.4f} {a[:, 1].mean():9.4f} +- "
-                f"{sem[1]:.4f}   vs intensity {diff[0]:+.4f} {diff[1]:+.4f}"
+                f"  {name:58s} {a[:, 0].mean():.4f} +- {sem[0]:.4f} {a[:, 1].mean():.4f} +- "
+                f"{sem[1]:.4f}   {cells[0]:>30s}   {cells[1]:>30s}"
             )
 
 

@@ -15,6 +15,7 @@ from sparseseg.data.volume import Volume
 from sparseseg.errors import InputError
 from sparseseg.selection.autoencoder import SliceAutoEncoder, train_autoencoder
 from sparseseg.selection.features import (
+    auto_image_size,
     extract_features,
     intensity_features,
     normalise_volume,
@@ -100,16 +101,25 @@ def test_weights_resolution(tmp_path, monkeypatch, weights_file):
     with pytest.raises(InputError, match="not found"):
         resolve_weights(tmp_path / "missing.pth")
     assert resolve_weights(None) is None
-    assert resolve_extractor("auto", None) == ("intensity", None)
-    assert resolve_extractor("vgg", None) == ("vgg", None)
+    assert resolve_extractor("vgg", None) == ("vgg", None)  # random init
+    with pytest.raises(InputError, match="unknown extractor"):
+        resolve_extractor("auto", None)
     cached = tmp_path / "hub" / "checkpoints" / WEIGHTS_FILE
     cached.parent.mkdir(parents=True)
     cached.write_bytes(weights_file.read_bytes())
     assert resolve_weights(None) == cached
-    assert resolve_extractor("auto", None) == ("vgg", cached)
+    assert resolve_extractor("vgg", None) == ("vgg", cached)
     assert resolve_extractor("intensity", None) == ("intensity", None)
     with pytest.raises(InputError, match="vgg extractor only"):
         resolve_extractor("intensity", weights_file)
+
+
+def test_auto_image_size():
+    assert auto_image_size([np.zeros((40, 59, 30))], ("xy", "xz", "yz")) == 64
+    assert auto_image_size([np.zeros((40, 59, 30))], ("xz",)) == 64
+    assert auto_image_size([np.zeros((20, 24, 300))], ("xy",)) == 32
+    assert auto_image_size([np.zeros((20, 24, 300))], ("yz",)) == 128
+    assert auto_image_size([np.zeros((8, 9, 10)), np.zeros((8, 70, 10))], ("xy",)) == 96
 
 
 def test_intensity_features():

@@ -29,10 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--extractor",
-        choices=("auto", "vgg", "intensity"),
-        default="auto",
-        help="slice features for ra: vgg (VGG-19 auto-encoder), intensity (16x16 thumbnails), "
-        "auto (vgg if ImageNet weights are found, else intensity; default)",
+        choices=("vgg", "intensity"),
+        default="vgg",
+        help="slice features for ra: vgg (VGG-19 auto-encoder, default; ImageNet weights from "
+        "--weights or the torch hub cache, else a random-init trunk) or intensity (16x16 "
+        "thumbnails)",
     )
     parser.add_argument(
         "--weights",
@@ -47,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size",
         type=int,
-        default=128,
-        help="slice size for the VGG-19 trunk, a multiple of 32 (default 128)",
+        default=None,
+        help="slice size for the VGG-19 trunk, a multiple of 32 (default: the longest slice "
+        "side rounded up to a multiple of 32, at most 128)",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     parser.add_argument(

@@ -2,11 +2,14 @@
 
 Two extractors turn every slice of every chosen plane of every volume into a feature vector:
 
-- ``vgg`` (the paper's): a frozen VGG-19 convolutional trunk, two fully connected layers and a
-  light decoder form an auto-encoder that is trained on slices of all planes of all volumes
-  together; the feature of a slice is the output of the last FC layer. Slices are resized to
-  ``image_size`` squared, grey values replicated to three channels and ImageNet-normalised. The
-  trunk runs once per slice (its output is cached), so training touches only the small head.
+- ``vgg`` (the paper's, the default): a frozen VGG-19 convolutional trunk, two fully connected
+  layers and a light decoder form an auto-encoder that is trained on slices of all planes of all
+  volumes together; the feature of a slice is the output of the last FC layer. Slices are resized
+  to ``image_size`` squared, grey values replicated to three channels and ImageNet-normalised.
+  The trunk runs once per slice (its output is cached), so training touches only the small head.
+  ImageNet weights come from a file or the torch hub cache; without them (offline) the trunk
+  keeps its random initialisation, which still selected better than ``intensity`` on MSD
+  Hippocampus (benchmarks/selection_extractors.py, docs/selection.md).
 - ``intensity``: the slice, normalised per volume and resized to 16 x 16, flattened.
 
 Each volume is normalised on its own (0.5-99.5 percentile to [0, 1]) since intensity ranges
@@ -20,13 +23,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sparseseg.data.planes import to_slices
+from sparseseg.data.planes import NORMAL_AXIS, to_slices
 from sparseseg.errors import InputError
 
-EXTRACTORS = ("auto", "vgg", "intensity")
-# Used by ``auto`` when no ImageNet weights are available offline; chosen by the measurement in
-# benchmarks/extractors.py (see docs/selection.md).
-OFFLINE_EXTRACTOR = "intensity"
+EXTRACTORS = ("vgg", "intensity")
+MAX_IMAGE_SIZE = 128
 
 
 @dataclass
@@ -69,47 +70,60 @@ def intensity_features(volume: np.ndarray, plane: str, size: int = 16) -> np.nda
 
 
 def resolve_extractor(name: str, weights) -> tuple[str, object]:
-    """Turn ``auto`` into a concrete extractor; return (extractor, weights path or None).
+    """Check the extractor name; return (extractor, VGG-19 weights path or None).
 
-    ``auto`` is ``vgg`` when ImageNet weights are found (``weights`` or the torch hub cache),
-    else :data:`OFFLINE_EXTRACTOR`. A ``weights`` path that does not exist is an InputError.
+    For ``vgg`` the weights are ``weights`` (a missing file is an InputError), else the torch hub
+    cache if it holds them, else None (random initialisation).
     """
     from sparseseg.selection.vgg import resolve_weights
 
     if name not in EXTRACTORS:
         raise InputError(f"unknown extractor {name!r}; choose one of {', '.join(EXTRACTORS)}")
     path = resolve_weights(weights)
-    if name == "auto":
-        name = "vgg" if path is not None else OFFLINE_EXTRACTOR
     if name == "intensity" and weights is not None:
         raise InputError("--weights applies to the vgg extractor only")
     return name, path if name == "vgg" else None
 
 
+def auto_image_size(volumes: Sequence[np.ndarray], planes: Sequence[str]) -> int:
+    """The VGG input size: the longest slice side rounded up to a multiple of 32, at most 128.
+
+    Resizing beyond the data's own resolution adds no information, only cost.
+    """
+    longest = max(
+        max(s for a, s in enumerate(v.shape) if a != NORMAL_AXIS[p] % 3)
+        for v in volumes
+        for p in planes
+    )
+    return int(min(MAX_IMAGE_SIZE, 32 * max(1, -(-longest // 32))))
+
+
 def extract_features(
     volumes: Sequence[np.ndarray],
     planes: Sequence[str],
-    extractor: str = "auto",
+    extractor: str = "vgg",
     weights=None,
     seed: int = 0,
     steps: int = 300,
     batch_size: int = 64,
-    image_size: int = 128,
+    image_size: int | None = None,
     device: str | None = None,
     progress: bool = False,
 ) -> FeatureSet:
     """Features of every slice of ``planes`` of each volume (X, Y, Z), raw intensities.
 
-    ``extractor`` is ``vgg``, ``intensity`` or ``auto`` (see :func:`resolve_extractor`);
-    ``weights`` an ImageNet VGG-19 state dict in torchvision's format (default: the torch hub
-    cache; without one the trunk keeps its random initialisation, and the record says so).
-    ``steps``, ``batch_size`` and ``image_size`` set the auto-encoder training.
+    ``extractor`` is ``vgg`` or ``intensity``; ``weights`` an ImageNet VGG-19 state dict in
+    torchvision's format (default: the torch hub cache; without one the trunk keeps its random
+    initialisation, and the record says so). ``steps`` and ``batch_size`` set the auto-encoder
+    training, ``image_size`` the VGG input (default :func:`auto_image_size`).
     """
     name, path = resolve_extractor(extractor, weights)
     normalised = [normalise_volume(v) for v in volumes]
     if name == "intensity":
         feats = [{p: intensity_features(v, p) for p in planes} for v in normalised]
         return FeatureSet(feats, {"name": "intensity", "size": 16, "weights": None})
+    if image_size is None:
+        image_size = auto_image_size(normalised, planes)
     return _vgg_features(
         normalised, planes, path, seed, steps, batch_size, image_size, device, progress
     )
