@@ -158,7 +158,10 @@ def _cpu() -> Preset:
         block_layers=(4, 4),
         up_channels=(32, 16),
         norm="batch",
-        dropout=0.1,
+        dropout=0.0,
+        # He init: with the paper's N(0, 0.01) the logits grow too slowly for a short CPU schedule
+        # (one-batch overfit probe: CE 0.57 vs 0.22 after 150 steps, myocardium never predicted).
+        init_std=None,
     )
     train3d = TrainConfig(
         iterations=400,
