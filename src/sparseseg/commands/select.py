@@ -43,12 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
-        "--steps", type=int, default=300, help="auto-encoder training steps (default 300)"
+        "--steps",
+        type=int,
+        default=300,
+        metavar="N",
+        help="auto-encoder training steps (default 300)",
     )
     parser.add_argument(
         "--image-size",
         type=int,
         default=None,
+        metavar="PX",
         help="slice size for the VGG-19 trunk, a multiple of 32 (default: the longest slice "
         "side rounded up to a multiple of 32, at most 128)",
     )
@@ -63,16 +68,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     from sparseseg.data.layout import Dataset
     from sparseseg.errors import InputError
     from sparseseg.selection import select_slices, write_selection
+    from sparseseg.selection.vgg import WEIGHTS_FILE, default_weights_path, resolve_weights
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise InputError("output already exists (pass --overwrite to replace it)", out)
     ds = Dataset.open(args.dataset)
+    if args.strategy == "ra" and args.extractor == "vgg" and resolve_weights(args.weights) is None:
+        print(
+            f"sparseseg select: no ImageNet VGG-19 weights (pass --weights, or put {WEIGHTS_FILE} "
+            f"in {default_weights_path().parent}): the VGG-19 trunk keeps its random "
+            "initialisation",
+            file=sys.stderr,
+        )
     selection = select_slices(
         ds,
         args.budget,
