@@ -179,6 +179,30 @@ def test_cli_train_then_predict_then_errors(trained, tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1
 
 
+def test_sparse_test_labels_skip_the_report_not_the_model(trained, tmp_path):
+    from sparseseg.data.io import read_nifti, write_nifti
+    from sparseseg.pipeline import STATE_FILE, train
+
+    dataset, model, _ = trained
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    label = data / "labelsTs" / "heart_003.nii.gz"
+    vol = read_nifti(label)
+    sparse = vol.array.copy()
+    sparse[:, :, 1::2] = 3  # the ignore value
+    write_nifti(label, vol.with_array(sparse))
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy, ignore=shutil.ignore_patterns("test_predictions", "report.json"))
+    state = json.loads((copy / STATE_FILE).read_text())
+    del state["stages"]["report"]
+    state["dataset"] = str(data)
+    (copy / STATE_FILE).write_text(json.dumps(state))
+    lines: list[str] = []
+    state = train(data, copy, "cpu", TINY, progress=False, log=lines.append)
+    assert "ignore" in state["stages"]["report"]["skipped"] and "report" not in state
+    assert any(line.startswith("report: not written") for line in lines)
+
+
 def test_python_api_mirrors_the_cli(trained, tmp_path):
     from sparseseg import api
 

@@ -319,14 +319,16 @@ def train(
     )
     stage("bundle", lambda: {"file": str(make_bundle(dataset, model_dir, cfg))})
     if report and dataset.has_labels("Ts"):
-        stage(
-            "report",
-            lambda: (
-                {"file": str(model_dir / REPORT_FILE)}
-                if score_test_split(dataset, model_dir, device=device, progress=progress)
-                else {}
-            ),
-        )
+
+        def scores() -> dict:
+            try:
+                score_test_split(dataset, model_dir, device=device, progress=progress)
+            except InputError as exc:  # e.g. sparse test labels: the model itself is fine
+                say(f"report: not written ({exc})")
+                return {"skipped": str(exc)}
+            return {"file": str(model_dir / REPORT_FILE)}
+
+        stage("report", scores)
         report_path = model_dir / REPORT_FILE
         if report_path.exists():
             state["report"] = json.loads(report_path.read_text())
