@@ -49,6 +49,17 @@ def best_time(fn, repeats: int, budget_s: float = 3.0) -> tuple[float, object]:
     return best, out
 
 
+def first_difference(sim: np.ndarray, ours: np.ndarray, theirs: np.ndarray) -> str:
+    """Where two selection orders first differ, and both candidates' gains at that step."""
+    for t, (a, b) in enumerate(zip(ours.tolist(), theirs.tolist(), strict=True)):
+        if a != b:
+            cur = sim[ours[:t]].max(axis=0) if t else np.zeros(len(sim))
+            ga, gb = (np.maximum(sim[[a, b]] - cur, 0.0).sum(axis=1)).tolist()
+            kind = "an exact tie" if ga == gb else f"gains differ by {abs(ga - gb):.1e}"
+            return f"orders first differ at step {t}: {a} vs {b}, {kind}"
+    return "same order"
+
+
 def apricot_fit(sim: np.ndarray, k: int, optimizer: str) -> np.ndarray:
     from apricot import FacilityLocationSelection
 
@@ -113,6 +124,7 @@ def main() -> None:
                 "F": F,
                 "rel_diff_F": abs(F - ours.value) / ours.value,
                 "same_set": sorted(ranking.tolist()) == sorted(ours.order.tolist()),
+                "difference": first_difference(sim, ours.order, ranking),
             }
         results.append(row)
 
@@ -138,6 +150,8 @@ def main() -> None:
                 f"F = {r['F']:.10f}  rel diff {r['rel_diff_F']:.1e}  "
                 f"same set {r['same_set']}  ({tag})"
             )
+            if opt in EXACT and not r["same_set"]:
+                print(f"      {r['difference']}")
         r = exact[fastest]
         ok = r["rel_diff_F"] <= 1e-9
         print(
