@@ -65,7 +65,7 @@ class TrainConfig:
     flip_axes: tuple[int, ...] = (0, 1, 2)  # random flips; all axes for sparse labels
     rot90_xy: bool = True  # random 90-degree rotations in the axial (xy) plane
     precision: str = "auto"
-    channels_last: bool = False  # channels_last(_3d) memory format on CPU
+    channels_last: bool = True  # channels_last(_3d) memory format on CPU (faster with bf16)
     checkpoint_every: int = 200  # iterations between checkpoints
     checkpoint_seconds: float = 120.0  # ... or this much wall time, whichever comes first
     log_every: int = 10
@@ -163,10 +163,14 @@ def _cpu() -> Preset:
         # (one-batch overfit probe: CE 0.57 vs 0.22 after 150 steps, myocardium never predicted).
         init_std=None,
     )
+    # lr 3e-3 instead of the paper's 5e-4: with a few hundred steps Adam's per-step moves of
+    # ~lr are too small to get past the background prior (sparseseg experiment on Hippocampus,
+    # 40 dense cases: training Dice 0.00 after 150 steps at 5e-4 or 3e-3, 0.71 after 600 at 3e-3).
     train3d = TrainConfig(
-        iterations=400,
+        iterations=600,
         batch_size=2,
         patch=(32, 32, 32),
+        lr=3e-3,
         schedule="poly",
         checkpoint_every=100,
         checkpoint_seconds=60.0,
