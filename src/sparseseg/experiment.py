@@ -316,7 +316,7 @@ def run_experiment(
     overrides: dict[str, Any] | None = None,
     *,
     planes: str = "xy,xz,yz",
-    extractor: str = "auto",
+    extractor: str = "vgg",
     full: bool = True,
     device: str | None = None,
     progress: bool = True,

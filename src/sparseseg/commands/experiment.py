@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--planes", default="xy,xz,yz", help="planes to annotate")
     parser.add_argument(
-        "--extractor", default="auto", help="slice features for ra: auto|vgg|intensity"
+        "--extractor", default="vgg", choices=("vgg", "intensity"), help="slice features for ra"
     )
     parser.add_argument(
         "--no-full", action="store_true", help="skip the fully supervised reference"
