@@ -8,6 +8,12 @@ history and the caller's extra state. Checkpoints hold only tensors and primitiv
 Exact resumption relies on ``batches(step)`` being a pure function of the step (the samplers in
 :mod:`sparseseg.training.sampling` seed each step's draw from ``(seed, step)``); then a run killed
 at any point and resumed ends in the same state as an unbroken run.
+
+Under ``torchrun`` (a process group from :func:`sparseseg.distributed.init_from_env`) the model
+is wrapped in DistributedDataParallel, so gradients are averaged over the ranks every step. Rank
+``r`` of ``n`` draws ``batches(step * n + r)``: each rank sees different samples, the draws stay
+pure functions of the step, and with one process nothing changes. The logged loss is the mean
+over ranks; rank 0 alone writes checkpoints (with every rank's RNG state) and shows progress.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from sparseseg import distributed
 from sparseseg.fileio import atomic_path
 from sparseseg.training.schedules import lr_at
 
@@ -38,10 +45,10 @@ class Stateful(Protocol):
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """'auto' / None -> cuda if available else cpu; otherwise ``torch.device(device)``."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """'auto' / None -> cuda if available else cpu; otherwise ``torch.device(device)``.
+
+    Under torchrun 'auto' and a bare 'cuda' mean ``cuda:LOCAL_RANK``."""
+    return distributed.default_device(device)
 
 
 def cpu_supports_bf16() -> bool:
@@ -100,9 +107,10 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    # RNG states must be CPU byte tensors, whatever map_location the checkpoint was read with.
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -148,7 +156,8 @@ def fit(
     """
     device = resolve_device(device)
     total = int(cfg.iterations if iterations is None else iterations)
-    torch.manual_seed(cfg.seed)
+    rank, world = distributed.rank(), distributed.world_size()
+    torch.manual_seed(cfg.seed + rank)
     model.to(device)
     if cfg.channels_last and device.type == "cpu":
         model.to(memory_format=torch.channels_last_3d if _is_3d(model) else torch.channels_last)
@@ -178,12 +187,19 @@ def fit(
         for name, obj in (extra_state or {}).items():
             if name in state.get("extra", {}):
                 obj.load_state_dict(state["extra"][name])
-        _set_rng_state(state["rng"])
+        per_rank = state.get("rng_ranks")
+        _set_rng_state(per_rank[rank] if per_rank and len(per_rank) == world else state["rng"])
         start, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
         window = {k: list(v) for k, v in state.get("window", {}).items()}
 
+    net = distributed.wrap_ddp(model, device)  # the model itself in a single process
+
     def snapshot(step: int, done: bool) -> None:
         if path is None:
+            return
+        rngs = distributed.all_gather_object(_rng_state()) if world > 1 else None
+        if not distributed.is_main():
+            distributed.barrier()
             return
         state = {
             "format": CHECKPOINT_FORMAT,
@@ -192,16 +208,19 @@ def fit(
             "step": step,
             "done": done,
             "elapsed": elapsed,
-            "rng": _rng_state(),
+            "rng": rngs[0] if rngs else _rng_state(),
             "history": history,
             "window": window,
             "extra": {k: v.state_dict() for k, v in (extra_state or {}).items()},
         }
+        if rngs:
+            state["rng_ranks"] = rngs
         if scaler is not None:
             state["scaler"] = scaler.state_dict()
         save_checkpoint(path, state)
+        distributed.barrier()
 
-    bar = _progress_bar(total, start, progress_desc, progress)
+    bar = _progress_bar(total, start, progress_desc, progress and distributed.is_main())
     last_save = time.monotonic()
     step = start
     try:
@@ -210,16 +229,15 @@ def fit(
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = batch_to(batches(step), device, cfg.channels_last and device.type == "cpu")
-            model.train()
+            draw = step * world + rank
+            batch = batch_to(batches(draw), device, cfg.channels_last and device.type == "cpu")
+            net.train()
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, cfg.precision):
-                loss, logs = loss_fn(model, batch, step)
-            if not torch.isfinite(loss.detach()):
-                raise FloatingPointError(
-                    f"{progress_desc}: loss is {float(loss)} at step {step}; lower the learning "
-                    "rate or use precision=fp32"
-                )
+                loss, logs = loss_fn(net, batch, step)
+            loss_value = float(loss.detach())
+            if world == 1 and not math.isfinite(loss_value):
+                raise _not_finite(progress_desc, loss_value, step)
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -230,18 +248,30 @@ def fit(
             step += 1
             dt = time.perf_counter() - t0
             elapsed += dt
-            values = {"loss": float(loss.detach()), **logs}
+            stop = should_stop is not None and should_stop(step, logs)
+            due = step < total and (
+                step % cfg.checkpoint_every == 0
+                or time.monotonic() - last_save > cfg.checkpoint_seconds
+            )
+            if world > 1:  # one small all-reduce keeps the ranks' decisions identical
+                finite = math.isfinite(loss_value)
+                total_loss, bad, stops, dues = distributed.all_reduce_sum(
+                    [loss_value if finite else 0.0, not finite, stop, due], device
+                )
+                if bad:
+                    raise _not_finite(progress_desc, loss_value, step - 1)
+                loss_value, stop, due = total_loss / world, stops > 0, dues > 0
+            values = {"loss": loss_value, **logs}
             for key, value in values.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     window.setdefault(key, []).append(float(value))
-            voxels = _voxels(batch)
+            voxels = _voxels(batch) * world
             bar.set_postfix(
                 loss=f"{values['loss']:.4f}",
                 **({"vox/s": f"{voxels / dt:.3g}"} if voxels else {}),
                 refresh=False,
             )
             bar.update(1)
-            stop = should_stop is not None and should_stop(step, logs)
             if step % cfg.log_every == 0 or step == total or stop:
                 entry = {"step": step, "lr": lr, "time": round(elapsed, 3)}
                 entry.update({k: sum(v) / len(v) for k, v in window.items()})
@@ -249,10 +279,7 @@ def fit(
                 window = {}
             if stop:
                 break
-            if step < total and (
-                step % cfg.checkpoint_every == 0
-                or time.monotonic() - last_save > cfg.checkpoint_seconds
-            ):
+            if due:
                 snapshot(step, done=False)
                 last_save = time.monotonic()
     finally:
@@ -260,6 +287,12 @@ def fit(
     snapshot(step, done=True)
     model.eval()
     return history
+
+
+def _not_finite(desc: str, value: float, step: int) -> FloatingPointError:
+    return FloatingPointError(
+        f"{desc}: loss is {value} at step {step}; lower the learning rate or use precision=fp32"
+    )
 
 
 def _is_3d(model: nn.Module) -> bool:
