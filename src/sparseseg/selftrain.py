@@ -277,11 +277,18 @@ def train_meta(
     say = log or (lambda _msg: None)
 
     def nnfit_round(net: torch.nn.Module, step: int) -> None:
+        # Under torchrun the cases are split across ranks and the rows gathered, so every rank
+        # makes the same choices; the bare module runs (a DDP forward would be a collective).
+        from sparseseg import distributed
+
+        plain = distributed.unwrap(net)
         ce = torch.stack(
-            [
-                whole_volume_ce(net, c, preset.inference, device=device, precision=cfg.precision)
-                for c in cases
-            ]
+            distributed.gather_sharded(
+                lambda c: whole_volume_ce(
+                    plain, c, preset.inference, device=device, precision=cfg.precision
+                ).cpu(),
+                cases,
+            )
         )
         rec = nnfit.update(ce, step)
         picked = {n: rec["choice"].count(k) for k, n in enumerate(pl_names)}
