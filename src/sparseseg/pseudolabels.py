@@ -12,6 +12,10 @@ On disk, under ``OUT`` (each file written atomically; rerunning skips what exist
 
 Every PL keeps the manual label wherever the voxel was annotated (label != ignore). All NIfTI files
 carry the source image's affine. Images are z-scored per volume before training and inference.
+
+Under torchrun (see :mod:`sparseseg.distributed`) the base models train with DDP on every rank,
+the cases to pseudo-label are split across ranks, and rank 0 alone writes the models, the summary
+and the dataset folders while the other ranks wait.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sparseseg import distributed
 from sparseseg.config import Preset
 from sparseseg.data.io import read_nifti, write_nifti
 from sparseseg.data.layout import Dataset, write_dataset_json
@@ -209,12 +214,16 @@ def train_base_models(
             device=device,
             progress=progress,
         )
-        save_model(paths[name], model, kind, cfg, extra={"preset": preset.name})
         summary.setdefault("training", {})[name] = {
             "seconds": round(time.perf_counter() - t0, 1),
             "history": history,
         }
-        _write_summary(out_dir, dataset, preset, summary)
+
+        def write(name=name, model=model, kind=kind, cfg=cfg) -> None:
+            save_model(paths[name], model, kind, cfg, extra={"preset": preset.name})
+            _write_summary(out_dir, dataset, preset, summary)
+
+        distributed.run_on_main(write)
     return paths
 
 
@@ -323,12 +332,15 @@ def generate_pseudolabels(
     ending = dataset.file_ending
     cases = dataset.cases("Tr")
     todo = [c for c in cases if not _case_done(out_dir, c, ending)]
+    distributed.barrier()  # every rank lists the same cases before any is written
+    todo = distributed.shard(todo)  # each rank writes its own share
     if todo:
         from sparseseg.training.sampling import zscore
 
         model2d, model3d = load_base_models(out_dir)
         ignore = training_ignore_index(dataset)
-        for case in tqdm(todo, desc="pseudo-labels", disable=not progress, unit="case"):
+        bar = not progress or not distributed.is_main()
+        for case in tqdm(todo, desc="pseudo-labels", disable=bar, unit="case"):
             image, label = dataset.load_pair(case)
             pls = compute_pseudolabels(
                 model2d, model3d, zscore(image.array), preset, label.array, ignore, device=device
@@ -337,21 +349,26 @@ def generate_pseudolabels(
                 write_nifti(pl_path(out_dir, name, case, ending), image.with_array(pl))
             ay = mean_one_hot(pls, dataset.num_classes)
             write_nifti(mean_path(out_dir, case, ending), np.moveaxis(ay, 0, -1), image.affine)
-    for name in PL_SETS:
-        root = pl_dir(out_dir, name)
-        for case in cases:
-            _link_or_copy(
-                dataset.image_path(case), root / "imagesTr" / dataset.image_path(case).name
+    distributed.barrier()
+
+    def write_datasets() -> None:
+        for name in PL_SETS:
+            root = pl_dir(out_dir, name)
+            for case in cases:
+                _link_or_copy(
+                    dataset.image_path(case), root / "imagesTr" / dataset.image_path(case).name
+                )
+            write_dataset_json(
+                root,
+                dataset.class_labels,
+                num_training=len(cases),
+                channel_names=dataset.meta.get("channel_names"),
+                name=f"{dataset.name}_pl_{name}",
+                file_ending=ending,
+                description=f"sparseseg pseudo-labels ({name}) of {dataset.name}",
             )
-        write_dataset_json(
-            root,
-            dataset.class_labels,
-            num_training=len(cases),
-            channel_names=dataset.meta.get("channel_names"),
-            name=f"{dataset.name}_pl_{name}",
-            file_ending=ending,
-            description=f"sparseseg pseudo-labels ({name}) of {dataset.name}",
-        )
+
+    distributed.run_on_main(write_datasets)
     return cases
 
 
@@ -375,7 +392,7 @@ def run_step2(
     summary["cases"] = cases
     summary["pseudolabel_seconds_last_run"] = round(time.perf_counter() - t1, 1)
     summary["training_seconds_last_run"] = round(t1 - t0, 1)
-    _write_summary(out_dir, dataset, preset, summary)
+    distributed.run_on_main(lambda: _write_summary(out_dir, dataset, preset, summary))
     return summary
 
 
