@@ -16,6 +16,10 @@ in ``MODEL/pipeline.json`` only once they are all written (atomically)::
 Rerunning skips finished stages. ``resume=True`` continues an interrupted stage from its last
 checkpoint (without it an interrupted training starts again); a kill loses at most the work since
 the last checkpoint. Running again with other settings into the same folder is refused.
+
+Under torchrun (see :mod:`sparseseg.distributed`) every rank runs every stage: training with DDP,
+pseudo-labels and test predictions split by case; rank 0 alone writes the stage records, the
+meta-model, the bundle and the report (the others wait for it) and prints the log.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from sparseseg import distributed
 from sparseseg.data.layout import Dataset
 from sparseseg.errors import InputError
 from sparseseg.fileio import atomic_path, write_json
@@ -61,7 +66,7 @@ def stage_done(state: dict, stage: str) -> bool:
 
 def _mark(model_dir: Path, state: dict, stage: str, **info) -> None:
     state.setdefault("stages", {})[stage] = {"done": True, **info}
-    write_json(model_dir / STATE_FILE, state)
+    distributed.run_on_main(lambda: write_json(model_dir / STATE_FILE, state))
 
 
 def _check_same_run(model_dir: Path, state: dict, dataset: Dataset, preset_dict: dict) -> dict:
@@ -147,10 +152,6 @@ def run_meta_stage(
     )
     seconds = round(time.perf_counter() - t0, 1)
     weights = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
-    with atomic_path(meta_weights_path(model_dir)) as tmp:
-        torch.save(
-            {"kwargs": meta_kwargs(preset.meta, dataset.num_classes), "state_dict": weights}, tmp
-        )
     log_data = {
         "pl_sets": list(PL_SETS),
         "cases": dataset.cases("Tr"),
@@ -162,7 +163,16 @@ def run_meta_stage(
         "nnfit": result.nnfit.to_dict(),
         "history": result.history,
     }
-    write_json(stage_dir / "selftrain.json", log_data)
+
+    def write() -> None:
+        with atomic_path(meta_weights_path(model_dir)) as tmp:
+            torch.save(
+                {"kwargs": meta_kwargs(preset.meta, dataset.num_classes), "state_dict": weights},
+                tmp,
+            )
+        write_json(stage_dir / "selftrain.json", log_data)
+
+    distributed.run_on_main(write)
     return {"steps": result.steps, "stop_reason": result.stop_reason, "seconds": seconds}
 
 
@@ -208,7 +218,6 @@ def score_test_split(
     progress: bool,
 ) -> dict:
     """Predict the test split with every part, score each, write MODEL/report.json."""
-    from sparseseg.evaluation import evaluate
     from sparseseg.predict import PARTS, predict_files
 
     pred_root = model_dir / TEST_DIR
@@ -221,6 +230,13 @@ def score_test_split(
         progress=progress,
         overwrite=False,
     )
+    return distributed.run_on_main(lambda: _score_predictions(dataset, model_dir, pred_root))
+
+
+def _score_predictions(dataset: Dataset, model_dir: Path, pred_root: Path) -> dict:
+    from sparseseg.evaluation import evaluate
+    from sparseseg.predict import PARTS
+
     report: dict[str, Any] = {"split": "Ts", "cases": len(dataset.cases("Ts")), "parts": {}}
     for part in PARTS:
         scores = evaluate(
@@ -280,7 +296,7 @@ def train(
     from sparseseg.config import get_preset
     from sparseseg.pseudolabels import run_step2
 
-    say = log or (lambda _msg: None)
+    say = log if log is not None and distributed.is_main() else (lambda _msg: None)
     dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
     if not dataset.has_labels("Tr"):
         raise InputError("training needs a label file for every case in imagesTr", dataset.root)
@@ -293,7 +309,7 @@ def train(
         raise InputError("--out must be a folder", model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     state = _check_same_run(model_dir, read_state(model_dir), dataset, _plain(cfg.to_dict()))
-    write_json(model_dir / STATE_FILE, state)
+    distributed.run_on_main(lambda: write_json(model_dir / STATE_FILE, state))
 
     def stage(name: str, fn: Callable[[], dict]) -> None:
         if stage_done(state, name):
@@ -317,7 +333,12 @@ def train(
             dataset, model_dir, cfg, resume=resume, device=device, progress=progress, log=say
         ),
     )
-    stage("bundle", lambda: {"file": str(make_bundle(dataset, model_dir, cfg))})
+
+    def bundle() -> dict:
+        path = distributed.run_on_main(lambda: make_bundle(dataset, model_dir, cfg))
+        return {"file": str(path)}
+
+    stage("bundle", bundle)
     if report and dataset.has_labels("Ts"):
 
         def scores() -> dict:
