@@ -226,18 +226,27 @@ def predict_files(
     ``{case: {part: label path}}``.
 
     Inputs are never modified; every output is written atomically with the source affine. With
-    ``overwrite=False`` cases whose outputs all exist are skipped.
+    ``overwrite=False`` cases whose outputs all exist are skipped. Under torchrun the images are
+    split across ranks (each output written once) and every rank returns the whole map.
     """
     from tqdm.auto import tqdm
 
+    from sparseseg import distributed
+
     parts = parse_parts(parts)
-    files = list_inputs(input_path)
+    all_files = list_inputs(input_path)
+    files = distributed.shard(all_files)
     predictor = Predictor(model, device=device, precision=precision)
     out_dir = Path(out_dir)
     several = len(parts) > 1
     runs_per_case = len(runs_needed(parts))
     written: dict[str, dict[str, Path]] = {}
-    bar = tqdm(total=len(files) * runs_per_case, desc="predict", unit="model", disable=not progress)
+    bar = tqdm(
+        total=len(files) * runs_per_case,
+        desc="predict",
+        unit="model",
+        disable=not progress or not distributed.is_main(),
+    )
     try:
         for file in files:
             case = case_name(file)
@@ -262,4 +271,7 @@ def predict_files(
             del result, volume
     finally:
         bar.close()
+    if distributed.world_size() > 1:
+        merged = {k: v for part in distributed.all_gather_object(written) for k, v in part.items()}
+        written = {case_name(f): merged[case_name(f)] for f in all_files}
     return written
