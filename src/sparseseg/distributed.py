@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -28,6 +29,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+# Ranks wait at barriers while rank 0 alone scores or writes, or while others finish a larger
+# share of cases; the collectives' default timeouts (10-30 min) are too short for big volumes.
+TIMEOUT = timedelta(hours=2)
 
 
 def launched_by_torchrun() -> bool:
@@ -80,9 +84,9 @@ def init_from_env(device: str | torch.device | None = None) -> torch.device:
         return dev
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-        dist.init_process_group(backend="nccl", device_id=dev)
+        dist.init_process_group(backend="nccl", device_id=dev, timeout=TIMEOUT)
     else:
-        dist.init_process_group(backend="gloo")
+        dist.init_process_group(backend="gloo", timeout=TIMEOUT)
     return dev
 
 

@@ -25,7 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write class probabilities (float32, X x Y x Z x C) to .../probabilities/",
     )
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: CUDA if available, else CPU; under torchrun cuda:LOCAL_RANK), "
+        "cpu, cuda, cuda:1, ...",
+    )
     parser.add_argument(
         "--precision",
         default="auto",
@@ -36,18 +41,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sparseseg import distributed
     from sparseseg.predict import parse_parts, predict_files
 
-    written = predict_files(
-        args.model,
-        args.input,
-        args.out,
-        parts=parse_parts(args.part),
-        probabilities=args.probabilities,
-        device=args.device,
-        precision=args.precision,
-        progress=not args.quiet,
-    )
+    with distributed.session(args.device) as device:  # joins torchrun's group, if any
+        written = predict_files(
+            args.model,
+            args.input,
+            args.out,
+            parts=parse_parts(args.part),
+            probabilities=args.probabilities,
+            device=str(device),
+            precision=args.precision,
+            progress=not args.quiet and distributed.is_main(),
+        )
+        if not distributed.is_main():
+            return 0
     files = sum(len(v) for v in written.values())
     print(f"wrote {files} label maps for {len(written)} images to {args.out}")
     return 0

@@ -24,11 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue interrupted training from its checkpoint"
     )
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: CUDA if available, else CPU; under torchrun cuda:LOCAL_RANK), "
+        "cpu, cuda, cuda:1, ...",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
+    from sparseseg import distributed
     from sparseseg.config import get_preset
     from sparseseg.data.layout import Dataset
     from sparseseg.errors import InputError
@@ -39,9 +45,17 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError(f"bad --set: {exc}") from None
     dataset = Dataset.open(args.dataset)
-    summary = run_step2(
-        dataset, args.out, preset, resume=args.resume, device=args.device, progress=not args.quiet
-    )
+    with distributed.session(args.device) as device:  # joins torchrun's group, if any
+        summary = run_step2(
+            dataset,
+            args.out,
+            preset,
+            resume=args.resume,
+            device=str(device),
+            progress=not args.quiet and distributed.is_main(),
+        )
+        if not distributed.is_main():
+            return 0
     for name in PL_SETS:
         print(f"{name}: {pl_dir(args.out, name)}")
     print(

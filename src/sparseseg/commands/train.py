@@ -40,26 +40,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip predicting and scoring the test split (done when labelsTs exists)",
     )
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: CUDA if available, else CPU; under torchrun cuda:LOCAL_RANK), "
+        "cpu, cuda, cuda:1, ...",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from sparseseg import distributed
     from sparseseg.pipeline import format_report, train
 
-    state = train(
-        args.dataset,
-        args.out,
-        args.preset,
-        args.overrides,
-        resume=args.resume,
-        device=args.device,
-        progress=not args.quiet,
-        report=not args.no_report,
-        log=lambda msg: print(msg, file=sys.stderr, flush=True),
-    )
+    with distributed.session(args.device) as device:  # joins torchrun's group, if any
+        state = train(
+            args.dataset,
+            args.out,
+            args.preset,
+            args.overrides,
+            resume=args.resume,
+            device=str(device),
+            progress=not args.quiet and distributed.is_main(),
+            report=not args.no_report,
+            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
+        if not distributed.is_main():
+            return 0
     meta = state["stages"].get("meta", {})
     if meta.get("steps") is not None:
         print(f"meta-model: {meta['steps']} iterations, NN-fit stopped: {meta['stop_reason']}")
