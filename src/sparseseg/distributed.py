@@ -186,6 +186,18 @@ def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]
     return t.cpu().tolist()
 
 
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (e.g. BatchNorm running statistics) to every rank.
+
+    DDP does this at the start of each forward; after the last training step each rank still
+    holds its own statistics, which would make the ranks' predictions differ slightly.
+    """
+    if not is_distributed():
+        return
+    for buf in model.buffers():
+        dist.broadcast(buf.data, src=0)
+
+
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``model`` inside DistributedDataParallel (the model itself in a single process).
 
@@ -196,8 +208,10 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    ids = [device.index if device.index is not None else torch.cuda.current_device()]
-    return DistributedDataParallel(model, device_ids=ids if device.type == "cuda" else None)
+    if device.type != "cuda":
+        return DistributedDataParallel(model)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return DistributedDataParallel(model, device_ids=[index], output_device=index)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -282,6 +282,7 @@ def train_meta(
         from sparseseg import distributed
 
         plain = distributed.unwrap(net)
+        distributed.broadcast_buffers(plain)
         ce = torch.stack(
             distributed.gather_sharded(
                 lambda c: whole_volume_ce(

@@ -284,6 +284,7 @@ def fit(
                 last_save = time.monotonic()
     finally:
         bar.close()
+    distributed.broadcast_buffers(model)  # every rank leaves with rank 0's BatchNorm statistics
     snapshot(step, done=True)
     model.eval()
     return history
