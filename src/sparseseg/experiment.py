@@ -388,7 +388,8 @@ def run_experiment(
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(done, report_safe(job(run_dir)))
         results.append(json.loads(done.read_text()))
-    return write_outputs(out, results, budgets)
+        paths = write_outputs(out, results, budgets)  # tables stay current while a grid runs
+    return paths
 
 
 def report_safe(result: dict) -> dict:
