@@ -1,8 +1,11 @@
 """Prediction with the base models: 3D sliding windows and 2D plane-by-plane.
 
 Both functions take an image (X, Y, Z) or (Cin, X, Y, Z) as numpy, run the model in eval mode under
-bf16 autocast where the device supports it (``precision='fp32'`` turns that off) and return
-softmax probabilities (C, X, Y, Z) float32 in the input's extent (padding is cropped away).
+bf16 autocast where the device supports it (``precision='fp32'`` turns that off), in channels-last
+memory order on the CPU (``channels_last=False`` turns that off), and return softmax
+probabilities (C, X, Y, Z) float32 in the input's extent (padding is cropped away). On the
+benchmark machine bf16 + channels-last predicts about 3x faster than plain fp32 MONAI with
+99.95% argmax agreement (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def predict_volume_3d(
     device: str | torch.device | None = None,
     precision: str = "auto",
     normalize: bool = False,
-    channels_last: bool = False,
+    channels_last: bool = True,
     progress: bool = False,
 ) -> np.ndarray:
     """Gaussian-weighted sliding-window probabilities (C, X, Y, Z) of a 3D model.
@@ -109,7 +112,7 @@ def predict_planes_2d(
     precision: str = "auto",
     normalize: bool = False,
     labels_only: bool = False,
-    channels_last: bool = False,
+    channels_last: bool = True,
 ) -> dict[str, np.ndarray]:
     """Run a 2D model over every slice of each plane.
 
