@@ -268,17 +268,17 @@ def apply_overrides(preset: Preset, overrides: list[str] | dict[str, Any]) -> Pr
 
 
 def _from_dict(cls, data: dict[str, Any]):
+    nested = _NESTED.get(cls.__name__, {})
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
             continue
         value = data[f.name]
-        default = getattr(cls(), f.name) if cls is not Preset else None
-        if dataclasses.is_dataclass(f.type) or f.name in _NESTED.get(cls.__name__, {}):
-            value = _from_dict(_NESTED[cls.__name__][f.name], value)
+        if f.name in nested:
+            value = _from_dict(nested[f.name], value)
         elif isinstance(value, list):
             value = tuple(value)
-        elif isinstance(default, float) and isinstance(value, int):
+        elif isinstance(value, int) and not isinstance(value, bool) and "float" in str(f.type):
             value = float(value)
         kwargs[f.name] = value
     return cls(**kwargs)
