@@ -191,8 +191,8 @@ def select_volumes(
     budget = check_budget(budget)
     if weights is not None:
         resolve_weights(weights)  # a missing weights file is an error whatever the strategy
-    if len(volumes) != len(names) or not volumes:
-        raise InputError("need one name per volume and at least one volume")
+    if len(volumes) != len(names) or not volumes or len(set(names)) != len(names):
+        raise InputError("need one distinct name per volume and at least one volume")
     counts = []
     for vol, name in zip(volumes, names, strict=True):
         if np.ndim(vol) != 3:
