@@ -148,7 +148,8 @@ def run_demo(
 blood pool, great vessels, bias field, noise; {dataset.load_image(dataset.cases("Tr")[0]).shape}
 voxels). Annotation is simulated from the dense labels: `s{budget:g}` keeps one slice in
 {budget:g} in each of the xy, xz and yz planes, chosen by representative annotation (RA) or at
-equal intervals (EIA). Models use the `cpu` preset; scores are on the test volumes.
+equal intervals (EIA). Models use the `cpu` preset with half-length schedules;
+scores are on the test volumes.
 
 ## Results (mean ± std over test cases is in `experiment/results.csv`)
 
