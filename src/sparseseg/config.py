@@ -178,12 +178,14 @@ def _cpu() -> Preset:
     return Preset(
         name="cpu",
         model2d=Model2DConfig(base_channels=16, depth=3, norm="batch"),
+        # 1500 steps: on the heart phantom (s10) the 2D PLs' myocardium Dice away from the
+        # annotated slices rose from 0.54-0.60 at 600 steps to 0.58-0.65 (lr 2e-3 did not help).
         train2d=TrainConfig(
-            iterations=600,
+            iterations=1500,
             batch_size=8,
             patch=(48, 48),
             schedule="step",
-            step_at=450,
+            step_at=1100,
             step_gamma=0.1,
             checkpoint_every=100,
             checkpoint_seconds=60.0,
