@@ -4,9 +4,10 @@ For one image (X, Y, Z): z-score it; run the 2D base model over every slice of t
 planes and the 3D base model by sliding window, turning each prediction into hard labels at once
 and adding its one-hot encoding to a running count (uint8, C x X x Y x Z), so at most one
 C-channel float volume is alive at a time; A(Y) = count / 4, exactly as the pseudo-label mean of
-training; then the meta-model by Gaussian-weighted sliding window on (image, A(Y)). Memory is
-bounded by the volume's size times a small constant (about 17 + 12 C bytes per voxel at the
-peak), never by the model.
+training; then the meta-model by Gaussian-weighted sliding window on (image, A(Y)). Memory grows
+with the volume's size times a small constant, not with the networks: a 300 x 512 x 512 volume
+with C = 3 and the cpu preset's networks peaked at 3.1 GiB resident (about 43 bytes per voxel,
+the interpreter and libraries included; tests/test_predict.py, slow test).
 
 Parts: 'meta' (the method's prediction), and each base model alone: '3d', and the 2D model on one
 plane, 'xy', 'xz' or 'yz'. With 'meta' every base model runs anyway, so asking for the base parts
