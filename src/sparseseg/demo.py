@@ -151,7 +151,7 @@ voxels). Annotation is simulated from the dense labels: `s{budget:g}` keeps one 
 equal intervals (EIA). Models use the `cpu` preset with half-length schedules;
 scores are on the test volumes.
 
-## Results (mean ± std over test cases is in `experiment/results.csv`)
+## Results (means over the test volumes; per-case scores in `experiment/cases.csv`)
 
 {paths["tables.md"].read_text()}
 ## Paired comparisons

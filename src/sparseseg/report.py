@@ -35,7 +35,9 @@ RESULT_FIELDS = [
 # Model names as the paper labels them.
 MODEL_TITLES = {
     "3d": "Sparse DVN w/ {S}",
-    "2d": "Sparse 2D FCN w/ {S}",
+    "xy": "Sparse 2D FCN (xy) w/ {S}",
+    "xz": "Sparse 2D FCN (xz) w/ {S}",
+    "yz": "Sparse 2D FCN (yz) w/ {S}",
     "meta": "{S}+ST",
     "full": "DVN (full annotation)",
 }
