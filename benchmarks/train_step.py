@@ -146,6 +146,7 @@ def main() -> None:
     ]
     if args.compile:
         settings.append(("bf16 autocast + torch.compile", True, False, True))
+        settings.append(("bf16 + channels_last_3d + torch.compile", True, True, True))
     results = {"train": [], "inference": []}
     # Settings take turns step by step, so load changes on a shared machine hit all of them alike.
     runs = {}
