@@ -103,6 +103,7 @@ def train_model2d(
 
     cfg = preset.train2d
     in_channels = 1 if cases[0]["image"].ndim == 3 else cases[0]["image"].shape[0]
+    torch.manual_seed(cfg.seed)  # the initial weights follow the seed too
     model = build_model2d(preset.model2d, in_channels, num_classes)
     sampler = SliceSampler2D(
         cases,
@@ -149,6 +150,7 @@ def train_model3d(
 
     cfg = preset.train3d
     in_channels = 1 if cases[0]["image"].ndim == 3 else cases[0]["image"].shape[0]
+    torch.manual_seed(cfg.seed)
     model = build_model3d(preset.model3d, in_channels, num_classes)
     sampler = PatchSampler3D(
         cases,
