@@ -2,7 +2,6 @@ import json
 
 import nibabel as nib
 import numpy as np
-import pytest
 import torch
 
 from sparseseg.cli import main
@@ -124,7 +123,6 @@ def test_pseudolabel_command(tmp_path, capsys):
     assert main(["pseudolabel", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
 
 
-@pytest.mark.slow
 def test_sparse_3d_model_is_accurate_away_from_annotated_slices(tmp_path):
     """The pitfall in DESIGN.md: a sparse model must learn anatomy, not where supervision is."""
     from sparseseg.inference import predict_volume_3d
