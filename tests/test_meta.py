@@ -79,3 +79,15 @@ def test_ay_skip_adds_the_vote_to_the_logits():
     main, aux = net(x)
     assert main.shape == aux.shape == (2, 3, 8, 8, 8)
     assert tiny(3).ay_skip is None  # off by default
+
+
+def test_ay_skip_and_nnfit_rounds_are_preset_fields():
+    from sparseseg.config import get_preset
+    from sparseseg.models.meta import build_meta
+
+    cpu = get_preset("cpu")
+    assert cpu.meta.ay_skip == 4.0 and get_preset("paper").meta.ay_skip == 0.0
+    assert build_meta(cpu.meta, 3).ay_skip is not None
+    plain = get_preset("cpu", ["meta.ay_skip=0", "meta.nnfit_round_iterations=7"])
+    assert build_meta(plain.meta, 3).ay_skip is None
+    assert plain.meta.nnfit_round_iterations == 7

@@ -185,3 +185,31 @@ def test_select_cli_with_vgg_weights(tmp_path, weights_file):
         "sha256": file_sha256(weights_file)[:16],
     }
     assert [len(c["planes"]["xy"]["indices"]) for c in record["cases"].values()] == [2, 2]
+
+
+def test_feature_cache_reuses_features_and_keys_on_content(tmp_path, monkeypatch):
+    from sparseseg.selection import selector
+
+    rng = np.random.default_rng(0)
+    volumes = [rng.random((12, 10, 8)).astype(np.float32) for _ in range(2)]
+    calls = []
+    real = selector.extract_features
+    monkeypatch.setattr(
+        selector, "extract_features", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    cache = tmp_path / "cache"
+    kwargs = dict(extractor="vgg", steps=2, image_size=32, feature_cache=cache)
+    first = selector.select_volumes(volumes, ["a", "b"], 4, **kwargs)
+    second = selector.select_volumes(volumes, ["a", "b"], 2, **kwargs)  # another budget
+    assert len(calls) == 1 and len(list(cache.glob("features-*.npz"))) == 1
+    for case in ("a", "b"):
+        for plane in ("xy", "xz", "yz"):
+            np.testing.assert_array_equal(first.features[case][plane], second.features[case][plane])
+    # the same budget from cached features picks the same slices
+    again = selector.select_volumes(volumes, ["a", "b"], 4, **kwargs)
+    assert again.to_json()["cases"] == first.to_json()["cases"]
+    # another seed or changed voxels are not served from the cache
+    selector.select_volumes(volumes, ["a", "b"], 4, seed=1, **kwargs)
+    volumes[1][0, 0, 0] += 1.0
+    selector.select_volumes(volumes, ["a", "b"], 4, **kwargs)
+    assert len(calls) == 3 and len(list(cache.glob("features-*.npz"))) == 3

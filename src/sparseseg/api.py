@@ -32,16 +32,17 @@ def select(
     *,
     strategy: str = "ra",
     planes: str | Sequence[str] = "xy,xz,yz",
-    extractor: str = "auto",
+    extractor: str = "vgg",
     weights: str | Path | None = None,
     seed: int = 0,
     steps: int = 300,
-    image_size: int = 128,
+    image_size: int | None = None,
     device: str | None = None,
     simulate_from_labels: bool = False,
     figures: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    feature_cache: str | Path | None = None,
 ):
     """Choose the slices to annotate (Step I); like ``sparseseg select``.
 
@@ -68,6 +69,7 @@ def select(
         image_size=image_size,
         device=device,
         progress=progress,
+        feature_cache=feature_cache,
     )
     if out is not None:
         write_selection(

@@ -9,6 +9,7 @@ every model part on the test split: the self-trained meta-model (RA+ST), the spa
     OUT/runs/STRATEGY-sK-seedS/model/       the trained model folder (see sparseseg.pipeline)
     OUT/runs/STRATEGY-sK-seedS/result.json  its rows; present only once the run is complete
     OUT/runs/full-seedS/                    the fully supervised reference
+    OUT/features/                           ra slice features, shared by the budgets of a seed
     OUT/results.csv                         one row per run, model and class
     OUT/cases.csv                           one row per run, model and test case
     OUT/tables.md, OUT/fig5.png             paper-style table and budget plot
@@ -101,11 +102,15 @@ def sparse_run(
     *,
     planes: str,
     extractor: str,
+    feature_cache: Path,
     device: str | None,
     progress: bool,
     log: Callable[[str], None],
 ) -> dict:
-    """Select, train and score one (strategy, budget, seed); return its rows."""
+    """Select, train and score one (strategy, budget, seed); return its rows.
+
+    ``ra`` slice features are kept in ``feature_cache`` and shared by runs of the same seed.
+    """
     from sparseseg import api
     from sparseseg.predict import PARTS
 
@@ -124,6 +129,7 @@ def sparse_run(
             device=device,
             simulate_from_labels=True,
             progress=progress,
+            feature_cache=feature_cache,
         )
         cost = selection.cost
     else:
@@ -373,6 +379,7 @@ def run_experiment(
                             overrides,
                             planes=planes,
                             extractor=extractor,
+                            feature_cache=out / "features",
                             device=device,
                             progress=progress,
                             log=log,

@@ -260,7 +260,7 @@ def train_meta(
 
     mcfg = preset.meta
     s1, s2 = int(mcfg.stage1_iterations), int(mcfg.stage2_iterations)
-    round_len = int(getattr(mcfg, "nnfit_round_iterations", 0) or max(1, s2 // 5))
+    round_len = int(mcfg.nnfit_round_iterations or max(1, s2 // 5))
     cfg = dataclasses.replace(mcfg.train, iterations=s1 + s2)
     ignore = int(num_classes)  # padding only: PL sets are dense
     model = build_meta(mcfg, num_classes)

@@ -57,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="slice size for the VGG-19 trunk, a multiple of 32 (default: the longest slice "
         "side rounded up to a multiple of 32, at most 128)",
     )
+    parser.add_argument(
+        "--feature-cache",
+        metavar="DIR",
+        default=None,
+        help="keep ra slice features in DIR and reuse them for the same images and settings "
+        "(e.g. when selecting at several budgets)",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     parser.add_argument(
         "--simulate-from-labels",
@@ -99,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         device=args.device,
         progress=True,
+        feature_cache=args.feature_cache,
     )
     write_selection(
         selection,

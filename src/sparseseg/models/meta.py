@@ -128,18 +128,9 @@ class YDenseVoxNet(DenseVoxNet):
         )
 
 
-# Scale of the A(Y) skip when the config does not set one. Measured on the phantom heart (cpu
-# preset with He-initialised DenseVoxNets, RA s10, 5 test cases, mean Dice myocardium/blood pool,
-# one run each): without the skip the meta-model reached 0.633/0.850, below the best base model by
-# mean Dice (xz 0.624/0.876); with it 0.665/0.885, above every base model and above the four-set
-# vote it starts from (0.583/0.897).
-DEFAULT_AY_SKIP = 4.0
-
-
 def meta_kwargs(cfg, num_classes: int, image_channels: int = 1) -> dict:
     """Constructor arguments of :class:`YDenseVoxNet` from a :class:`sparseseg.config.MetaConfig`,
-    as plain JSON-able values (so they can be stored in a model bundle). ``cfg.ay_skip`` sets the
-    A(Y) skip (default :data:`DEFAULT_AY_SKIP`; 0 for the plain Y-shaped network)."""
+    as plain JSON-able values (so they can be stored in a model bundle)."""
     from sparseseg.models.factory import densevoxnet_kwargs
 
     kwargs = {
@@ -149,7 +140,7 @@ def meta_kwargs(cfg, num_classes: int, image_channels: int = 1) -> dict:
         "num_classes": int(num_classes),
         "image_channels": int(image_channels),
         "ay_channels": int(cfg.ay_stem_channels),
-        "ay_skip": float(getattr(cfg, "ay_skip", DEFAULT_AY_SKIP)),
+        "ay_skip": float(cfg.ay_skip),
         **kwargs,
     }
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from sparseseg.data.planes import PLANES, num_slices, parse_planes
 from sparseseg.errors import InputError
-from sparseseg.selection.features import extract_features
+from sparseseg.selection.feature_cache import cached_features
+from sparseseg.selection.features import FeatureSet, extract_features
 from sparseseg.selection.sparsify import annotation_cost, total_cost
 from sparseseg.selection.strategies import (
     STRATEGIES,
@@ -180,6 +181,7 @@ def select_volumes(
     image_size: int | None = None,
     device: str | None = None,
     progress: bool = False,
+    feature_cache: str | Path | None = None,
 ) -> Selection:
     """Choose slices in volumes (X, Y, Z) named ``names``; see :func:`select_slices`."""
     if strategy not in STRATEGIES:
@@ -202,9 +204,24 @@ def select_volumes(
 
     features, info = None, None
     if strategy == "ra":
-        fs = extract_features(
-            volumes, planes, extractor, weights, seed, steps, 64, image_size, device, progress
-        )
+
+        def compute() -> FeatureSet:
+            return extract_features(
+                volumes, planes, extractor, weights, seed, steps, 64, image_size, device, progress
+            )
+
+        if feature_cache is None:
+            fs = compute()
+        else:
+            weights_path = resolve_weights(weights) if extractor == "vgg" else None
+            settings = {
+                "extractor": extractor,
+                "weights": None if weights_path is None else str(weights_path),
+                "seed": seed,
+                "steps": steps,
+                "image_size": image_size,
+            }
+            fs = cached_features(feature_cache, volumes, planes, settings, compute)
         features, info = fs.features, fs.info
 
     cases: dict[str, CaseSelection] = {}
@@ -239,6 +256,7 @@ def select_slices(
     device: str | None = None,
     progress: bool = False,
     cases: Sequence[str] | None = None,
+    feature_cache: str | Path | None = None,
 ) -> Selection:
     """Choose the slices to annotate in the training images (imagesTr) of a canonical dataset.
 
@@ -247,7 +265,8 @@ def select_slices(
     (representative: greedy facility location on slice features), ``eia`` (equal interval) or
     ``random`` (seeded). ``extractor``/``weights``/``steps``/``image_size`` set the ``ra``
     features (see :func:`~sparseseg.selection.features.extract_features`). ``cases`` limits the
-    selection to some training cases.
+    selection to some training cases. ``feature_cache``: a folder where ``ra`` features are kept
+    and reused by later selections of the same images and settings (at any budget).
     """
     from sparseseg.data.layout import Dataset
 
@@ -279,6 +298,7 @@ def select_slices(
         image_size,
         device,
         progress,
+        feature_cache,
     )
     selection.dataset = str(ds.root)
     return selection
