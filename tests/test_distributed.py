@@ -11,38 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_preset import TINIER
 
 from sparseseg import distributed
 from sparseseg.data.layout import Dataset, write_case, write_dataset_json
 from sparseseg.data.phantom import write_phantom_dataset
-
-# The TINY preset of tests/test_pipeline.py, smaller still (a whole train in seconds per rank).
-TINY = {
-    "model2d.base_channels": 4,
-    "model2d.depth": 2,
-    "train2d.iterations": 3,
-    "train2d.batch_size": 2,
-    "train2d.patch": "16x16",
-    "model3d.stem_channels": 4,
-    "model3d.growth": 4,
-    "model3d.block_layers": "1,1",
-    "model3d.up_channels": "4,4",
-    "train3d.iterations": 3,
-    "train3d.batch_size": 1,
-    "train3d.patch": "16x16x16",
-    "inference.patch": "16x16x16",
-    "meta.model.stem_channels": 4,
-    "meta.model.growth": 4,
-    "meta.model.block_layers": "1,1",
-    "meta.model.up_channels": "4,4",
-    "meta.ay_stem_channels": 4,
-    "meta.train.batch_size": 1,
-    "meta.train.patch": "16x16x16",
-    "meta.train.checkpoint_every": 2,
-    "meta.stage1_iterations": 2,
-    "meta.stage2_iterations": 2,
-    "meta.switch_threshold": 0.0,
-}
 
 # Runs on every rank. 1) fit() on a small BatchNorm + dropout net whose ranks start from different
 # weights: DDP must broadcast rank 0's and keep them equal, while each rank draws other batches.
@@ -160,7 +133,7 @@ def test_torchrun_two_cpu_ranks(tmp_path):
     env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     proc = subprocess.run(
-        [*cmd, str(script), str(tmp_path), str(dataset), json.dumps(TINY)],
+        [*cmd, str(script), str(tmp_path), str(dataset), json.dumps(TINIER)],
         capture_output=True,
         text=True,
         env=env,

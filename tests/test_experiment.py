@@ -2,41 +2,18 @@
 
 import json
 
+from tiny_preset import TINIER
+
 from sparseseg import report
 from sparseseg.cli import main
 from sparseseg.data.phantom import write_phantom_dataset
 from sparseseg.demo import run_demo
 
-TINY = {
-    "model2d.base_channels": 4,
-    "model2d.depth": 2,
-    "train2d.iterations": 3,
-    "train2d.batch_size": 2,
-    "train2d.patch": "16x16",
-    "model3d.stem_channels": 4,
-    "model3d.growth": 4,
-    "model3d.block_layers": "1,1",
-    "model3d.up_channels": "4,4",
-    "train3d.iterations": 3,
-    "train3d.batch_size": 1,
-    "train3d.patch": "16x16x16",
-    "inference.patch": "16x16x16",
-    "meta.model.stem_channels": 4,
-    "meta.model.growth": 4,
-    "meta.model.block_layers": "1,1",
-    "meta.model.up_channels": "4,4",
-    "meta.ay_stem_channels": 4,
-    "meta.train.batch_size": 1,
-    "meta.train.patch": "16x16x16",
-    "meta.stage1_iterations": 2,
-    "meta.stage2_iterations": 2,
-}
-
 
 def test_demo_grid_runs_scores_reports_and_skips(tmp_path):
     logs = []
     kwargs = dict(
-        cases=2, test_cases=2, budget=4, shape=(24, 24, 16), overrides=TINY, progress=False
+        cases=2, test_cases=2, budget=4, shape=(24, 24, 16), overrides=TINIER, progress=False
     )
     report_md = run_demo(tmp_path / "demo", log=logs.append, **kwargs)
     out = tmp_path / "demo" / "experiment"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_preset import TINY
 
 from sparseseg.cli import main
 from sparseseg.data.layout import Dataset, write_case, write_dataset_json
@@ -15,32 +16,6 @@ from sparseseg.data.phantom import write_phantom_dataset
 from sparseseg.errors import InputError
 
 # Small enough that a whole train runs in seconds on two cores.
-TINY = {
-    "model2d.base_channels": 4,
-    "model2d.depth": 2,
-    "train2d.iterations": 4,
-    "train2d.batch_size": 2,
-    "train2d.patch": "16x16",
-    "model3d.stem_channels": 4,
-    "model3d.growth": 4,
-    "model3d.block_layers": "1,1",
-    "model3d.up_channels": "4,4",
-    "train3d.iterations": 4,
-    "train3d.batch_size": 1,
-    "train3d.patch": "16x16x16",
-    "inference.patch": "16x16x16",
-    "meta.model.stem_channels": 4,
-    "meta.model.growth": 4,
-    "meta.model.block_layers": "1,1",
-    "meta.model.up_channels": "4,4",
-    "meta.ay_stem_channels": 4,
-    "meta.train.batch_size": 1,
-    "meta.train.patch": "16x16x16",
-    "meta.train.checkpoint_every": 2,
-    "meta.stage1_iterations": 4,
-    "meta.stage2_iterations": 6,
-    "meta.switch_threshold": 0.0,  # never settles: stage 2 runs its whole budget
-}
 
 
 def sparse_dataset(root: Path, cases: int = 3, shape=(24, 24, 16)) -> Path:
@@ -118,6 +93,20 @@ def test_other_settings_are_refused(trained, tmp_path):
     shutil.copytree(model, copy)
     with pytest.raises(InputError, match="other settings.*meta"):
         train(dataset, copy, "cpu", {**TINY, "meta.stage2_iterations": 7}, progress=False)
+
+
+def test_folder_from_before_a_new_preset_field_is_reused(trained, tmp_path):
+    from sparseseg.pipeline import STATE_FILE, train
+
+    dataset, model, _ = trained
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    state = json.loads((copy / STATE_FILE).read_text())
+    del state["preset"]["meta"]["ay_skip"]  # as written before the field existed
+    (copy / STATE_FILE).write_text(json.dumps(state))
+    lines: list[str] = []
+    train(dataset, copy, "cpu", TINY, progress=False, log=lines.append)
+    assert sum("done already, skipped" in line for line in lines) == 4
 
 
 def test_interrupted_meta_stage_resumes_from_its_checkpoint(trained, tmp_path, monkeypatch):

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from sparseseg import distributed
+from sparseseg.config import preset_from_dict
 from sparseseg.data.layout import Dataset
 from sparseseg.errors import InputError
 from sparseseg.fileio import atomic_path, write_json
@@ -80,10 +81,10 @@ def _check_same_run(model_dir: Path, state: dict, dataset: Dataset, preset_dict:
     if not state:
         return fresh
     path = model_dir / STATE_FILE
-    if state.get("preset") != preset_dict:
-        changed = sorted(
-            k for k in preset_dict if state.get("preset", {}).get(k) != preset_dict.get(k)
-        )
+    # Fields added to the presets since the folder was written take their defaults.
+    stored = _plain(preset_from_dict(state["preset"]).to_dict()) if state.get("preset") else {}
+    if stored != preset_dict:
+        changed = sorted(k for k in preset_dict if stored.get(k) != preset_dict.get(k))
         raise InputError(
             f"this model folder was trained with other settings (differs in {', '.join(changed)});"
             " use another --out, or the same preset and --set options",
