@@ -98,13 +98,11 @@ def train_model2d(
 ):
     """Train the 2D base model on slices of ``preset.planes`` of all cases -> (model, history)."""
     from sparseseg.models import build_model2d
-    from sparseseg.training.loop import fit, supervised_loss
     from sparseseg.training.sampling import SliceSampler2D
 
     cfg = preset.train2d
-    in_channels = 1 if cases[0]["image"].ndim == 3 else cases[0]["image"].shape[0]
     torch.manual_seed(cfg.seed)  # the initial weights follow the seed too
-    model = build_model2d(preset.model2d, in_channels, num_classes)
+    model = build_model2d(preset.model2d, _in_channels(cases), num_classes)
     sampler = SliceSampler2D(
         cases,
         cfg.patch,
@@ -116,18 +114,9 @@ def train_model2d(
         rot90=cfg.rot90_xy,
         seed=cfg.seed,
     )
-    history = fit(
-        model,
-        sampler,
-        supervised_loss(ignore_index),
-        cfg,
-        checkpoint,
-        resume=resume,
-        device=device,
-        progress_desc="2D base model",
-        progress=progress,
+    return _fit(
+        model, sampler, ignore_index, cfg, checkpoint, "2D base model", resume, device, progress
     )
-    return model, history
 
 
 def train_model3d(
@@ -145,13 +134,11 @@ def train_model3d(
 
     Also the fully-supervised reference: pass dense labels (ignore_index = C)."""
     from sparseseg.models import build_model3d
-    from sparseseg.training.loop import fit, supervised_loss
     from sparseseg.training.sampling import PatchSampler3D
 
     cfg = preset.train3d
-    in_channels = 1 if cases[0]["image"].ndim == 3 else cases[0]["image"].shape[0]
     torch.manual_seed(cfg.seed)
-    model = build_model3d(preset.model3d, in_channels, num_classes)
+    model = build_model3d(preset.model3d, _in_channels(cases), num_classes)
     sampler = PatchSampler3D(
         cases,
         cfg.patch,
@@ -162,15 +149,32 @@ def train_model3d(
         rot90_xy=cfg.rot90_xy,
         seed=cfg.seed,
     )
+    return _fit(
+        model, sampler, ignore_index, cfg, checkpoint, "3D base model", resume, device, progress
+    )
+
+
+def _in_channels(cases: Sequence[Mapping[str, np.ndarray]]) -> int:
+    image = cases[0]["image"]
+    return 1 if image.ndim == 3 else image.shape[0]
+
+
+def _fit(model, sampler, ignore_index, cfg, checkpoint, desc, resume, device, progress):
+    """Train ``model`` on ``sampler`` with the masked supervised loss; return (model, history)."""
+    from sparseseg.training.loop import fit, supervised_loss
+
+    loss = supervised_loss(
+        ignore_index, cfg.aux_weight
+    )  # aux_weight applies to deep supervision only
     history = fit(
         model,
         sampler,
-        supervised_loss(ignore_index, cfg.aux_weight),
+        loss,
         cfg,
         checkpoint,
         resume=resume,
         device=device,
-        progress_desc="3D base model",
+        progress_desc=desc,
         progress=progress,
     )
     return model, history

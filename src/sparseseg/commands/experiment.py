@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sparseseg.commands.common import add_preset_arguments, add_run_arguments
+
 HELP = "simulate sparse annotation from dense labels and reproduce the paper's study"
 
 
@@ -23,15 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", type=_numbers(float), default=(5, 10, 20, 40), help="k of s_k")
     parser.add_argument("--strategies", default="ra,eia", help="from ra,eia,random")
     parser.add_argument("--seeds", type=_numbers(int), default=(0,), help="e.g. 0,1,2")
-    parser.add_argument("--preset", default="cpu", choices=("cpu", "paper"))
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a preset field, e.g. train3d.iterations=300 (repeatable)",
-    )
+    add_preset_arguments(parser, "train3d.iterations=300")
     parser.add_argument("--planes", default="xy,xz,yz", help="planes to annotate")
     parser.add_argument(
         "--extractor", default="vgg", choices=("vgg", "intensity"), help="slice features for ra"
@@ -39,8 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-full", action="store_true", help="skip the fully supervised reference"
     )
-    parser.add_argument("--device", default=None, help="cuda, cpu (default: cuda if available)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         planes=args.planes,
         extractor=args.extractor,
         full=not args.no_full,
-        device=args.device,
+        device=None if args.device == "auto" else args.device,
         progress=not args.quiet,
     )
     print((paths["tables.md"]).read_text())

@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from sparseseg.commands.common import add_preset_arguments, add_run_arguments
+
 HELP = "train the sparse 2D and 3D base models and write the four pseudo-label sets (Step II)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", metavar="DATASET", help="dataset folder with sparse labels")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument(
-        "--preset", default="cpu", choices=("cpu", "paper"), help="sizes and schedules (cpu)"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a preset field, e.g. train3d.iterations=200 (repeatable)",
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue interrupted training from its checkpoint"
-    )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="auto (default: CUDA if available, else CPU; under torchrun cuda:LOCAL_RANK), "
-        "cpu, cuda, cuda:1, ...",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_preset_arguments(parser, "train3d.iterations=200")
+    add_run_arguments(parser, "continue interrupted training from its checkpoint")
 
 
 def run(args: argparse.Namespace) -> int:

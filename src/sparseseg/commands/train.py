@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sparseseg.commands.common import add_preset_arguments, add_run_arguments
+
 HELP = (
     "train the base models, pseudo-labels and self-trained meta-model from sparse labels "
     "(Steps II and III) into a model bundle"
@@ -18,35 +20,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with the 'ignore' label (see `sparseseg select`)",
     )
     parser.add_argument("--out", required=True, metavar="MODEL", help="model folder to write")
-    parser.add_argument(
-        "--preset", default="cpu", choices=("cpu", "paper"), help="sizes and schedules (cpu)"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a preset field, e.g. meta.stage1_iterations=200 (repeatable)",
-    )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted stage from its last checkpoint (finished stages are "
-        "always skipped)",
-    )
+    add_preset_arguments(parser, "meta.stage1_iterations=200")
     parser.add_argument(
         "--no-report",
         action="store_true",
         help="skip predicting and scoring the test split (done when labelsTs exists)",
     )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="auto (default: CUDA if available, else CPU; under torchrun cuda:LOCAL_RANK), "
-        "cpu, cuda, cuda:1, ...",
+    add_run_arguments(
+        parser,
+        "continue an interrupted stage from its last checkpoint (finished stages are always "
+        "skipped)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
