@@ -9,7 +9,7 @@ def _rows():
     rows = []
     for seed in (0, 1):
         for strategy, base in (("ra", 0.8), ("eia", 0.7)):
-            for model, bonus in (("3d", 0.0), ("meta", 0.05)):
+            for model, bonus in (("3d", 0.0), ("meta", 0.05), ("xy", -0.1)):
                 for budget in (10, 20):
                     dice = base + bonus - budget / 1000 + seed / 100
                     for cls in ("myo", "mean"):
@@ -53,8 +53,12 @@ def test_summary_table_mean_and_std_over_seeds():
 
 
 def test_budget_plot_writes_png(tmp_path):
-    report.plot_budget_curve(_rows(), tmp_path / "fig5.png")
+    labels = report.plot_budget_curve(_rows(), tmp_path / "fig5.png")
     assert (tmp_path / "fig5.png").read_bytes()[:4] == b"\x89PNG"
+    assert "RA+ST" in labels and "Full annotation" in labels
+    assert not any("2D" in label for label in labels)  # per-plane models stay in the tables
+    labels = report.plot_budget_curve(_rows(), tmp_path / "all.png", models=("meta", "xy"))
+    assert any("2D FCN (xy)" in label for label in labels)
 
 
 def test_paired_difference_matches_hand_computation():

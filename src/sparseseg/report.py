@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -125,41 +125,62 @@ def summary_table(rows: list[dict], metrics: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_budget_curve(rows: list[dict], path: str | Path, metric: str = "dice") -> None:
-    """Fig. 5 style: ``metric`` of the class-mean rows against budget s_k, a line per method
-    (mean over seeds, error bars = std), full supervision as a dashed line. Written atomically."""
+FIGURE_MODELS = ("meta", "3d")  # the paper's Fig. 5: the self-trained model and the sparse DVN
+
+
+def plot_budget_curve(
+    rows: list[dict], path: str | Path, metric: str = "dice", models: Sequence[str] = FIGURE_MODELS
+) -> list[str]:
+    """Fig. 5 style: ``metric`` of the class-mean rows of ``models`` against budget s_k, a line
+    per method (mean over seeds, error bars = std; one colour per strategy, solid for the
+    self-trained model), full supervision as a dashed line. Written atomically; returns the
+    legend labels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     mean_rows = [r for r in rows if r["class"] == "mean" and r.get(metric) is not None]
-    curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    curves: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     full = []
     for r in mean_rows:
         if r["model"] == "full":
             full.append(r[metric])
-        else:
-            curves[method_name(r)][int(r["budget"])].append(r[metric])
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=150)
-    for name in sorted(curves):
-        budgets = sorted(curves[name])
-        means = [np.mean(curves[name][b]) for b in budgets]
-        stds = [np.std(curves[name][b]) for b in budgets]
-        ax.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, label=name)
+        elif r["model"] in models:
+            curves[str(r["strategy"]), str(r["model"])][int(r["budget"])].append(r[metric])
+    strategies = sorted({s for s, _ in curves})
+    colours = {s: f"C{i}" for i, s in enumerate(strategies)}
+    styles = {m: ("-", ":", "--", "-.")[i % 4] for i, m in enumerate(models)}
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=150)
+    for strategy, model in sorted(curves, key=lambda k: (models.index(k[1]), k[0])):
+        points = curves[strategy, model]
+        budgets = sorted(points)
+        ax.errorbar(
+            budgets,
+            [np.mean(points[b]) for b in budgets],
+            yerr=[np.std(points[b]) for b in budgets],
+            marker="o",
+            capsize=3,
+            color=colours[strategy],
+            linestyle=styles[model],
+            label=method_name({"model": model, "strategy": strategy}),
+        )
     if full:
         ax.axhline(np.mean(full), linestyle="--", color="k", label="Full annotation")
     ax.set_xscale("log", base=2)
     all_budgets = sorted({b for c in curves.values() for b in c})
     ax.set_xticks(all_budgets, [f"s{b}" for b in all_budgets])
-    ax.set_xlabel("annotation budget (one of every k slices)")
+    ax.minorticks_off()
+    ax.set_xlabel("annotation budget s_k (one of every k slices)")
     ax.set_ylabel({"dice": "mean foreground Dice", "rand_f": "Rand F-score"}.get(metric, metric))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
+    labels = ax.get_legend_handles_labels()[1]
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+    return labels
 
 
 def paired_difference(
