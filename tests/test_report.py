@@ -74,3 +74,11 @@ def test_paired_difference_matches_hand_computation():
     half = 3.182446305284263 * sd / 2  # t(0.975, 3) * sd / sqrt(4)
     assert out["ci_low"] == pytest.approx(0.15 - half, rel=1e-6)
     assert out["a_better"] == 0.75
+
+
+def test_tiny_values_keep_significant_digits():
+    rows = _rows()
+    for r in rows:
+        r["adb_mm"] = 3.5e-6 + r["seed"] * 1e-7  # EM distances in mm
+    table = report.summary_table(rows)
+    assert "3.55e-06 ± 7.07e-08" in table and "0.000 ± 0.000" not in table

@@ -82,12 +82,16 @@ def method_name(row: dict) -> str:
 
 
 def _mean_std(values: list[float]) -> str:
+    """'mean ± std' with three decimals, or three significant digits for tiny means (e.g. EM
+    distances in mm)."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return "n/a"
+    mean = float(np.mean(values))
+    spec = ".3g" if 0 < abs(mean) < 0.01 else ".3f"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+        return format(mean, spec)
+    return f"{mean:{spec}} ± {float(np.std(values, ddof=1)):{spec}}"
 
 
 def summary_table(rows: list[dict], metrics: list[str] | None = None) -> str:
