@@ -52,7 +52,16 @@ def test_presets_round_trip_and_overrides():
     assert paper.train3d.schedule == "poly" and paper.train3d.lr == 5e-4
     assert paper.train3d.eps == 1e-10 and paper.train3d.betas == (0.9, 0.999)
     assert apply_overrides(preset, {"meta.switch_threshold": 0.1}).meta.switch_threshold == 0.1
-    for bad in (["nope.x=1"], ["train3d.nope=1"], ["train3d.iterations=abc"], ["noequals"]):
+    assert get_preset("cpu", ["planes=xy"]).planes == ("xy",)
+    assert get_preset("cpu", {"planes": "yz, xy"}).planes == ("xy", "yz")
+    bads = (
+        ["nope.x=1"],
+        ["train3d.nope=1"],
+        ["train3d.iterations=abc"],
+        ["noequals"],
+        ["planes=x"],
+    )
+    for bad in bads:
         with pytest.raises(ValueError):
             get_preset("cpu", bad)
 

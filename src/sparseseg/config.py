@@ -238,8 +238,10 @@ def _convert(value: Any, current: Any) -> Any:
                 return False
             raise ValueError(f"expected a boolean, got {value!r}")
         if isinstance(current, tuple):
-            parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
             kind = type(current[0]) if current else int
+            if kind is str:  # e.g. planes=xy,xz
+                return tuple(p.strip() for p in text.split(",") if p.strip())
+            parts = [p for p in text.replace("x", ",").split(",") if p.strip()]  # 32x32x32
             return tuple(kind(p) for p in parts)
         return type(current)(text)
     if isinstance(current, tuple) and isinstance(value, list):
@@ -275,7 +277,9 @@ def apply_overrides(preset: Preset, overrides: list[str] | dict[str, Any]) -> Pr
         items = parsed
     for key, value in items:
         preset = _set(preset, key.split("."), value)
-    return preset
+    from sparseseg.data.planes import parse_planes
+
+    return dataclasses.replace(preset, planes=parse_planes(preset.planes))
 
 
 def _from_dict(cls, data: dict[str, Any]):
