@@ -154,7 +154,7 @@ def plot_budget_curve(
             curves[str(r["strategy"]), str(r["model"])][int(r["budget"])].append(r[metric])
     strategies = sorted({s for s, _ in curves})
     colours = {s: f"C{i}" for i, s in enumerate(strategies)}
-    styles = {m: ("-", ":", "--", "-.")[i % 4] for i, m in enumerate(models)}
+    styles = {m: ("-", ":", "-.", (0, (1, 3)))[i % 4] for i, m in enumerate(models)}
     fig, ax = plt.subplots(figsize=(7, 4), dpi=150)
     for strategy, model in sorted(curves, key=lambda k: (models.index(k[1]), k[0])):
         points = curves[strategy, model]
