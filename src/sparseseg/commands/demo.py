@@ -10,7 +10,7 @@ HELP = "run a small RA vs EIA study with self-training on phantom hearts and wri
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--cases", type=int, default=6, help="training volumes")
-    parser.add_argument("--test-cases", type=int, default=3, help="test volumes")
+    parser.add_argument("--test-cases", type=int, default=5, help="test volumes")
     parser.add_argument("--budget", type=float, default=10, help="k of s_k")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
