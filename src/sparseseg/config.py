@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from sparseseg.data.planes import parse_planes
+
 
 @dataclass(frozen=True)
 class Model2DConfig:
@@ -277,8 +279,6 @@ def apply_overrides(preset: Preset, overrides: list[str] | dict[str, Any]) -> Pr
         items = parsed
     for key, value in items:
         preset = _set(preset, key.split("."), value)
-    from sparseseg.data.planes import parse_planes
-
     return dataclasses.replace(preset, planes=parse_planes(preset.planes))
 
 

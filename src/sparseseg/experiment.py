@@ -386,6 +386,8 @@ def run_experiment(
                         ),
                     )
                 )
+    if not jobs:
+        raise InputError("nothing to run: give at least one budget and strategy, or drop --no-full")
     results = []
     for i, (name, job) in enumerate(jobs, 1):
         run_dir = out / "runs" / name

@@ -163,13 +163,10 @@ def _fit(model, sampler, ignore_index, cfg, checkpoint, desc, resume, device, pr
     """Train ``model`` on ``sampler`` with the masked supervised loss; return (model, history)."""
     from sparseseg.training.loop import fit, supervised_loss
 
-    loss = supervised_loss(
-        ignore_index, cfg.aux_weight
-    )  # aux_weight applies to deep supervision only
     history = fit(
         model,
         sampler,
-        loss,
+        supervised_loss(ignore_index, cfg.aux_weight),  # aux_weight: deep supervision only
         cfg,
         checkpoint,
         resume=resume,

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         planes=args.planes,
         extractor=args.extractor,
         full=not args.no_full,
-        device=None if args.device == "auto" else args.device,
+        device=args.device,
         progress=not args.quiet,
     )
     print((paths["tables.md"]).read_text())

@@ -139,7 +139,9 @@ def _vgg_features(volumes, planes, path, seed, steps, batch_size, image_size, de
         raise InputError(f"image size must be a multiple of 32 (at least 32), got {image_size}")
     if steps < 0 or batch_size < 1:
         raise InputError("need steps >= 0 and batch size >= 1")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from sparseseg.training.loop import resolve_device
+
+    device = resolve_device(device)
     torch.manual_seed(seed)
     model = SliceAutoEncoder(image_size=image_size)
     if path is not None:
