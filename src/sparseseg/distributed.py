@@ -17,6 +17,7 @@ once. Every rank must call the collective helpers (:func:`barrier`, :func:`run_o
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
@@ -91,8 +92,14 @@ def init_from_env(device: str | torch.device | None = None) -> torch.device:
 
 
 def shutdown() -> None:
-    """Leave the process group (if one was joined)."""
+    """Leave the process group (if one was joined).
+
+    DDP wrappers left in reference cycles keep the gloo group alive until interpreter shutdown,
+    where its worker threads abort the process ("terminate called without an active exception",
+    about one run in three on loaded CPUs). Collecting them first lets the group close cleanly.
+    """
     if is_distributed():
+        gc.collect()
         dist.destroy_process_group()
 
 
