@@ -76,6 +76,36 @@ def test_paired_difference_matches_hand_computation():
     assert out["a_better"] == 0.75
 
 
+def test_paired_difference_averages_seeds_within_a_case():
+    # Two seeds per case are not independent: the interval is over the 3 case means.
+    rows = []
+    per_case = {0: (0.1, 0.3), 1: (0.0, 0.0), 2: (0.2, 0.4)}
+    for case, seed_diffs in per_case.items():
+        for seed, d in enumerate(seed_diffs):
+            common = {"budget": 10, "seed": seed, "case": case}
+            rows.append({"strategy": "ra", "dice": 0.5 + d, **common})
+            rows.append({"strategy": "eia", "dice": 0.5, **common})
+    out = report.paired_difference(rows, "dice", {"strategy": "ra"}, {"strategy": "eia"})
+    assert (out["n"], out["unit"], out["pairs"]) == (3, "case", 6)
+    means = [0.2, 0.0, 0.3]
+    sd = math.sqrt(sum((m - 0.5 / 3) ** 2 for m in means) / 2)
+    half = 4.302652729911275 * sd / math.sqrt(3)  # t(0.975, 2)
+    assert out["mean"] == pytest.approx(0.5 / 3)
+    assert out["ci_high"] == pytest.approx(0.5 / 3 + half, rel=1e-6)
+    assert out["a_better"] == pytest.approx(2 / 3)
+
+
+def test_paired_difference_uses_seeds_when_there_is_one_case():
+    rows = []
+    for seed, d in enumerate([0.1, 0.2, 0.3]):
+        common = {"budget": 5, "seed": seed, "case": "em"}
+        rows.append({"strategy": "ra", "rand_f": 0.2 + d, **common})
+        rows.append({"strategy": "eia", "rand_f": 0.2, **common})
+    out = report.paired_difference(rows, "rand_f", {"strategy": "ra"}, {"strategy": "eia"})
+    assert (out["n"], out["unit"]) == (3, "seed")
+    assert out["mean"] == pytest.approx(0.2)
+
+
 def test_tiny_values_keep_significant_digits():
     rows = _rows()
     for r in rows:

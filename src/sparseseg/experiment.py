@@ -283,8 +283,9 @@ def comparisons(case_rows: list[dict], budgets: Sequence[float], metric: str) ->
 
 def comparisons_markdown(items: list[dict], metric: str) -> str:
     lines = [
-        f"Paired differences of per-case {metric} over seeds and test cases "
-        "(mean, 95% t-interval, share of pairs where the first is better).",
+        f"Paired differences of per-case {metric}: each test case's difference averaged over "
+        "the seeds, then the mean over cases with a 95% t-interval and the share of cases "
+        "where the first is better. With a single test case, the seeds are the units.",
         "",
         "| Comparison | Budget | n | Mean difference | 95% CI | First better |",
         "|---|---|---|---|---|---|",
@@ -293,8 +294,9 @@ def comparisons_markdown(items: list[dict], metric: str) -> str:
         if c.get("n", 0) < 2:
             continue
         lines.append(
-            f"| {c['comparison']} | s{c['budget']:g} | {c['n']} | {c['mean']:+.4f} | "
-            f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['a_better']:.0%} |"
+            f"| {c['comparison']} | s{c['budget']:g} | {c['n']} {c['unit']}s | "
+            f"{c['mean']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | "
+            f"{c['a_better']:.0%} |"
         )
     return "\n".join(lines) + "\n"
 

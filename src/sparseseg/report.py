@@ -188,12 +188,22 @@ def plot_budget_curve(
 
 
 def paired_difference(
-    case_rows: list[dict], metric: str, a: dict, b: dict, pair_on=("budget", "seed", "case")
+    case_rows: list[dict],
+    metric: str,
+    a: dict,
+    b: dict,
+    pair_on=("budget", "seed", "case"),
+    unit: str = "case",
 ) -> dict:
-    """Mean of (a - b) over pairs matched on ``pair_on`` with a 95% t confidence interval.
+    """Mean of (a - b) over pairs matched on ``pair_on``, with a 95% t confidence interval.
 
     ``a`` and ``b`` select rows by equality of their items, e.g. ``{"strategy": "ra", "model":
-    "meta"}``. Returns n, mean, ci_low, ci_high, and the share of pairs where a is better.
+    "meta"}``; ``unit`` is one of ``pair_on``. The differences are first averaged per ``unit``
+    (a test case: the seeds of one case share its image, so they are not independent), and the
+    interval is taken over those means. With fewer than two units (one test volume), the seeds
+    are the units instead.
+    Returns n (units), unit, pairs, mean, ci_low, ci_high, and a_better (share of units where a
+    is better).
     """
     from scipy import stats
 
@@ -206,13 +216,19 @@ def paired_difference(
 
     left, right = pick(a), pick(b)
     keys = sorted(set(left) & set(right), key=str)
-    diffs = np.array([left[k] - right[k] for k in keys], dtype=float)
+    if len({k[pair_on.index(unit)] for k in keys}) < 2 and "seed" in pair_on:
+        unit = "seed"
+    groups: dict = {}
+    for k in keys:
+        groups.setdefault(k[pair_on.index(unit)], []).append(left[k] - right[k])
+    diffs = np.array([np.mean(v) for v in groups.values()], dtype=float)
+    out = {"n": len(diffs), "unit": unit, "pairs": len(keys)}
     if len(diffs) < 2:
-        return {"n": len(diffs), "mean": float(diffs.mean()) if len(diffs) else None}
+        return {**out, "mean": float(diffs.mean()) if len(diffs) else None}
     mean = float(diffs.mean())
     half = float(stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs)))
     return {
-        "n": int(len(diffs)),
+        **out,
         "mean": mean,
         "ci_low": mean - half,
         "ci_high": mean + half,
