@@ -27,6 +27,14 @@ def test_shapes_train_and_eval(shape):
         assert net(x).shape == (2, 3, *shape)
 
 
+def test_no_pooling_along_z_keeps_any_section_count():
+    net = tiny(2, downsample=[2, 2, 1])  # as stored in a bundle (lists)
+    assert net.stride == (4, 4, 1) and net.stem.image[0].stride == (2, 2, 1)
+    net.eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 8, 12, 7)).shape == (1, 2, 8, 12, 7)
+
+
 def test_branches_see_their_own_channels():
     net = tiny(2)
     assert net.stem.image[0].in_channels == 1

@@ -5,7 +5,7 @@ from torch import nn
 
 from sparseseg.config import Model2DConfig, Model3DConfig, get_preset
 from sparseseg.errors import InputError
-from sparseseg.inference import predict_planes_2d, predict_volume_3d
+from sparseseg.inference import predict_planes_2d, predict_volume_3d, valid_roi
 from sparseseg.models import DenseVoxNet, UNet2D, build_model3d, load_model, save_model
 
 TINY3D = Model3DConfig(
@@ -34,6 +34,28 @@ def test_densevoxnet_shapes_train_and_eval():
         deep_supervision=False,
     ).train()
     assert plain(torch.randn(1, 2, 8, 8, 16)).shape == (1, 4, 8, 8, 16)
+
+
+def test_densevoxnet_without_pooling_along_z():
+    # (2, 2, 1): X and Y go down twice, Z never, so any number of sections fits.
+    cfg = Model3DConfig(**{**TINY3D.__dict__, "downsample": (2, 2, 1)})
+    model = build_model3d(cfg, 1, 2)
+    assert model.stride == (4, 4, 1)
+    model.train()
+    main, aux = model(torch.randn(1, 1, 16, 8, 5))
+    assert main.shape == aux.shape == (1, 2, 16, 8, 5)
+    assert model.body.transition[-1].kernel_size == (2, 2, 1)
+    image = np.random.default_rng(0).normal(size=(13, 9, 3)).astype(np.float32)
+    probs = predict_volume_3d(model, image, (8, 8, 4), 0.25, precision="fp32")
+    assert probs.shape == (2, 13, 9, 3)
+    with pytest.raises(ValueError, match="downsample"):
+        DenseVoxNet(1, 2, downsample=(2, 3, 1))
+
+
+def test_valid_roi_rounds_each_axis_to_its_stride():
+    assert valid_roi((32, 32, 32), (50, 50, 10), 4) == (32, 32, 12)
+    assert valid_roi((32, 32, 32), (50, 50, 10), (4, 4, 1)) == (32, 32, 10)
+    assert valid_roi((30, 64, 16), (50, 50, 20), (4, 4, 1)) == (32, 52, 16)
 
 
 def test_densevoxnet_init_is_normal_001():

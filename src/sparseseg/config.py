@@ -40,6 +40,8 @@ class Model3DConfig:
     dropout: float = 0.2
     deep_supervision: bool = True
     init_std: float | None = 0.01  # N(0, init_std) conv weights as in the paper; None: He init
+    # per-axis factor of the two down steps; (2, 2, 1) keeps Z at full resolution (EM stacks)
+    downsample: tuple[int, int, int] = (2, 2, 2)
 
 
 @dataclass(frozen=True)

@@ -34,16 +34,21 @@ def _as_channels(image: np.ndarray, normalize: bool) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def valid_roi(patch: Sequence[int], shape: Sequence[int], stride: int) -> tuple[int, ...]:
+def valid_roi(
+    patch: Sequence[int], shape: Sequence[int], stride: int | Sequence[int]
+) -> tuple[int, ...]:
     """The window size: ``patch`` capped at the image size, rounded up to a multiple of
-    ``stride`` (MONAI pads the image where the window is larger)."""
+    ``stride`` (one for all axes or one per axis; MONAI pads the image where the window is
+    larger)."""
+    strides = [stride] * len(patch) if isinstance(stride, int) else list(stride)
     return tuple(
-        int(math.ceil(min(p, s) / stride) * stride) for p, s in zip(patch, shape, strict=True)
+        int(math.ceil(min(p, s) / k) * k) for p, s, k in zip(patch, shape, strides, strict=True)
     )
 
 
-def _model_stride(model: nn.Module, default: int) -> int:
-    return int(getattr(model, "stride", default))
+def _model_stride(model: nn.Module, default: int) -> int | tuple[int, ...]:
+    stride = getattr(model, "stride", default)
+    return tuple(int(k) for k in stride) if isinstance(stride, (tuple, list)) else int(stride)
 
 
 def predict_volume_3d(

@@ -1,6 +1,7 @@
 """DenseVoxNet (Yu et al., MICCAI 2017): the sparse 3D base model and the body of the meta-model.
 
-Layout (input (B, Cin, X, Y, Z), every spatial size a multiple of :attr:`DenseVoxNet.stride` = 4)::
+Layout (input (B, Cin, X, Y, Z), every spatial size a multiple of :attr:`DenseVoxNet.stride`,
+(4, 4, 4) by default)::
 
     stem        3x3x3 conv, stride 2                                 -> stem_channels   @ 1/2
     block1      dense block: ``block_layers[0]`` x (norm-ReLU-3x3x3 conv, ``growth`` maps)  @ 1/2
@@ -8,6 +9,10 @@ Layout (input (B, Cin, X, Y, Z), every spatial size a multiple of :attr:`DenseVo
     block2      dense block: ``block_layers[1]`` layers                                   @ 1/4
     up          norm-ReLU, two 2x transposed convs (``up_channels``), 1x1x1 classifier     @ 1
     aux         side output from block1: 2x transposed conv + 1x1x1 classifier            @ 1
+
+``downsample`` sets the factor of each of the two down steps per axis: (2, 2, 2) is the network
+above; (2, 2, 1) never pools along Z, for stacks whose sections are much thicker than their
+pixels (serial-section EM), so thin in-plane structures keep full resolution along Z.
 
 The model is split into a replaceable stem (:meth:`DenseVoxNet.make_stem`) and a
 :class:`DenseVoxNetBody` (everything after the stem), so a variant with two input branches (the
@@ -59,7 +64,8 @@ class DenseBlock(nn.Sequential):
 
 
 class DenseVoxNetBody(nn.Module):
-    """Everything after the stem: features (B, in_channels, X/2, Y/2, Z/2) -> logits (X, Y, Z)."""
+    """Everything after the stem: features (B, in_channels, X/dx, Y/dy, Z/dz) -> logits (X, Y, Z),
+    with (dx, dy, dz) = ``downsample``."""
 
     def __init__(
         self,
@@ -72,16 +78,18 @@ class DenseVoxNetBody(nn.Module):
         norm: str = "batch",
         dropout: float = 0.2,
         deep_supervision: bool = True,
+        downsample: tuple[int, int, int] = (2, 2, 2),
     ):
         super().__init__()
         self.deep_supervision = deep_supervision
+        down = tuple(downsample)
         self.block1 = DenseBlock(in_channels, block_layers[0], growth, norm, dropout)
         c1 = self.block1.out_channels
         self.transition = nn.Sequential(
             make_norm(norm, c1),
             nn.ReLU(inplace=True),
             nn.Conv3d(c1, c1, 1, bias=False),
-            nn.MaxPool3d(2),
+            nn.MaxPool3d(down),
         )
         self.block2 = DenseBlock(c1, block_layers[1], growth, norm, dropout)
         c2 = self.block2.out_channels
@@ -89,10 +97,10 @@ class DenseVoxNetBody(nn.Module):
         self.up = nn.Sequential(
             make_norm(norm, c2),
             nn.ReLU(inplace=True),
-            nn.ConvTranspose3d(c2, u1, 2, stride=2),
+            nn.ConvTranspose3d(c2, u1, down, stride=down),
             make_norm(norm, u1),
             nn.ReLU(inplace=True),
-            nn.ConvTranspose3d(u1, u2, 2, stride=2),
+            nn.ConvTranspose3d(u1, u2, down, stride=down),
             make_norm(norm, u2),
             nn.ReLU(inplace=True),
             nn.Conv3d(u2, num_classes, 1),
@@ -101,7 +109,7 @@ class DenseVoxNetBody(nn.Module):
             self.aux = nn.Sequential(
                 make_norm(norm, c1),
                 nn.ReLU(inplace=True),
-                nn.ConvTranspose3d(c1, u2, 2, stride=2),
+                nn.ConvTranspose3d(c1, u2, down, stride=down),
                 make_norm(norm, u2),
                 nn.ReLU(inplace=True),
                 nn.Conv3d(u2, num_classes, 1),
@@ -134,10 +142,9 @@ def init_normal_(module: nn.Module, std: float | None = 0.01) -> None:
 class DenseVoxNet(nn.Module):
     """The sparse 3D base model: ``forward(x)`` maps (B, in_channels, X, Y, Z) to logits.
 
-    Every spatial size of ``x`` must be a multiple of :attr:`stride`; inference pads otherwise.
+    Every spatial size of ``x`` must be a multiple of :attr:`stride` (per axis, the square of
+    ``downsample``); inference pads otherwise.
     """
-
-    stride = 4
 
     def __init__(
         self,
@@ -152,11 +159,16 @@ class DenseVoxNet(nn.Module):
         dropout: float = 0.2,
         deep_supervision: bool = True,
         init_std: float | None = 0.01,
+        downsample: tuple[int, int, int] = (2, 2, 2),
     ):
         super().__init__()
+        if len(downsample) != 3 or any(d not in (1, 2) for d in downsample):
+            raise ValueError(f"downsample must be 3 factors of 1 or 2, got {downsample}")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.norm_kind = norm
+        self.downsample = tuple(int(d) for d in downsample)
+        self.stride = tuple(d * d for d in self.downsample)
         self.stem = self.make_stem(in_channels, stem_channels)
         self.body = DenseVoxNetBody(
             stem_channels,
@@ -167,12 +179,15 @@ class DenseVoxNet(nn.Module):
             norm=norm,
             dropout=dropout,
             deep_supervision=deep_supervision,
+            downsample=self.downsample,
         )
         init_normal_(self, init_std)
 
     def make_stem(self, in_channels: int, out_channels: int) -> nn.Module:
-        """The strided 3x3x3 input conv: (B, in_channels, X, Y, Z) -> (B, out, X/2, Y/2, Z/2)."""
-        return nn.Conv3d(in_channels, out_channels, 3, stride=2, padding=1, bias=False)
+        """The strided 3x3x3 input conv: (B, in_channels, X, Y, Z) -> (B, out, X/dx, Y/dy, Z/dz)."""
+        return nn.Conv3d(
+            in_channels, out_channels, 3, stride=self.downsample, padding=1, bias=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return self.body(self.stem(x))

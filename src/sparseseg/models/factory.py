@@ -48,6 +48,7 @@ def densevoxnet_kwargs(cfg) -> dict[str, Any]:
         "dropout": cfg.dropout,
         "deep_supervision": cfg.deep_supervision,
         "init_std": cfg.init_std,
+        "downsample": tuple(cfg.downsample),
     }
 
 

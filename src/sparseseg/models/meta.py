@@ -20,9 +20,9 @@ from sparseseg.models.densevoxnet import DenseVoxNet, init_normal_, make_norm
 
 
 class YStem(nn.Module):
-    """(B, image_channels + pl_channels, X, Y, Z) -> fused features (B, out, X/2, Y/2, Z/2).
+    """(B, image_channels + pl_channels, X, Y, Z) -> fused features (B, out, X/sx, Y/sy, Z/sz).
 
-    Each branch: 3x3x3 conv stride 2, norm, ReLU, 3x3x3 conv.
+    Each branch: 3x3x3 conv with ``stride`` (sx, sy, sz), norm, ReLU, 3x3x3 conv.
     Fusion: concat, norm, ReLU, 3x3x3 conv.
     """
 
@@ -34,12 +34,13 @@ class YStem(nn.Module):
         pl_width: int,
         out_channels: int,
         norm: str,
+        stride: tuple[int, int, int] = (2, 2, 2),
     ):
         super().__init__()
         self.image_channels = image_channels
         self.pl_channels = pl_channels
-        self.image = self._branch(image_channels, image_width, norm)
-        self.pl = self._branch(pl_channels, pl_width, norm)
+        self.image = self._branch(image_channels, image_width, norm, stride)
+        self.pl = self._branch(pl_channels, pl_width, norm, stride)
         self.fuse = nn.Sequential(
             make_norm(norm, image_width + pl_width),
             nn.ReLU(inplace=True),
@@ -47,9 +48,9 @@ class YStem(nn.Module):
         )
 
     @staticmethod
-    def _branch(in_channels: int, channels: int, norm: str) -> nn.Sequential:
+    def _branch(in_channels: int, channels: int, norm: str, stride) -> nn.Sequential:
         return nn.Sequential(
-            nn.Conv3d(in_channels, channels, 3, stride=2, padding=1, bias=False),
+            nn.Conv3d(in_channels, channels, 3, stride=stride, padding=1, bias=False),
             make_norm(norm, channels),
             nn.ReLU(inplace=True),
             nn.Conv3d(channels, channels, 3, padding=1, bias=False),
@@ -70,7 +71,8 @@ class YDenseVoxNet(DenseVoxNet):
     """The meta-model. ``forward(x)``: (B, image_channels + num_classes, X, Y, Z) -> logits.
 
     Outputs follow :class:`DenseVoxNet`: ``(main, aux)`` in training mode with deep supervision,
-    else the main logits (B, num_classes, X, Y, Z). Spatial sizes must be multiples of 4.
+    else the main logits (B, num_classes, X, Y, Z). Spatial sizes must be multiples of
+    :attr:`stride`.
     ``stem_channels`` is the width of the image branch and of the fused features, ``ay_channels``
     the width of the A(Y) branch (default: ``stem_channels``). With ``ay_skip`` (> 0) a 1x1x1
     conv from A(Y), initialised to ``ay_skip`` x identity, is added to the output logits (main
@@ -125,6 +127,7 @@ class YDenseVoxNet(DenseVoxNet):
             self._y_ay_channels,
             out_channels,
             self.norm_kind,
+            self.downsample,
         )
 
 
