@@ -137,7 +137,18 @@ def test_predict_planes_2d_covers_every_slice_of_each_plane():
 
 
 def test_presets_build_models():
-    for name in ("cpu", "paper"):
+    for name in ("cpu", "cpu-aniso", "paper"):
         preset = get_preset(name)
         assert isinstance(preset.model2d, Model2DConfig)
         build_model3d(preset.model3d, 1, 3)
+
+
+def test_aniso_preset_keeps_z_and_crops_fit_its_stride():
+    preset = get_preset("cpu-aniso")
+    assert preset.planes == ("xy",)
+    for model_cfg in (preset.model3d, preset.meta.model):
+        assert build_model3d(model_cfg, 1, 2).stride == (4, 4, 1)
+    for patch in (preset.train3d.patch, preset.meta.train.patch, preset.inference.patch):
+        assert patch[2] < patch[0] and patch[0] % 4 == patch[1] % 4 == 0
+    # everything else is the cpu preset
+    assert preset.train3d.iterations == get_preset("cpu").train3d.iterations

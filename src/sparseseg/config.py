@@ -2,7 +2,8 @@
 
 ``paper`` follows the paper (DenseVoxNet of Yu et al., 2D U-Net, Adam 5e-4, 2D step decay after 10k
 iterations, 3D/meta poly 0.9) and is meant for a GPU. ``cpu`` keeps the method and shrinks widths,
-patches and iterations so that the whole pipeline runs on two CPU cores in minutes.
+patches and iterations so that the whole pipeline runs on two CPU cores in minutes. ``cpu-aniso``
+is ``cpu`` for stacks with sections much thicker than their pixels (no pooling along Z).
 
 Override fields with :func:`apply_overrides` (``"train3d.iterations=300"``) or
 ``dataclasses.replace``. :meth:`Preset.to_dict` / :func:`preset_from_dict` round-trip through JSON.
@@ -217,11 +218,35 @@ def _cpu() -> Preset:
     )
 
 
-PRESETS = {"cpu": _cpu, "paper": _paper}
+def _cpu_aniso() -> Preset:
+    """``cpu`` for stacks whose sections are much thicker than their pixels (serial-section EM).
+
+    On ISBI 2012 (4 nm pixels, 50 nm sections; fully supervised DVN, seed 0, Rand F of the
+    interior): 0.138 with the ``cpu`` network and 32^3 crops, 0.185 with 64x64x16 crops, 0.313
+    without pooling along Z at 64x64x8 and 0.376 at 64x64x16. The 2D model works on xy sections
+    only: across the sections (xz, yz) it scored below the trivial all-interior prediction.
+    """
+    cpu = _cpu()
+    flat = dataclasses.replace(cpu.model3d, downsample=(2, 2, 1))
+    crop = (64, 64, 16)
+    return dataclasses.replace(
+        cpu,
+        name="cpu-aniso",
+        model3d=flat,
+        train3d=dataclasses.replace(cpu.train3d, patch=crop),
+        inference=dataclasses.replace(cpu.inference, patch=crop),
+        meta=dataclasses.replace(
+            cpu.meta, model=flat, train=dataclasses.replace(cpu.meta.train, patch=crop)
+        ),
+        planes=("xy",),
+    )
+
+
+PRESETS = {"cpu": _cpu, "cpu-aniso": _cpu_aniso, "paper": _paper}
 
 
 def get_preset(name: str, overrides: list[str] | dict[str, Any] | None = None) -> Preset:
-    """A fresh preset by name ('cpu' or 'paper'), with optional overrides (see apply_overrides)."""
+    """A fresh preset by name (a key of PRESETS), with optional overrides (see apply_overrides)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r} (expected one of {', '.join(PRESETS)})")
     preset = PRESETS[name]()

@@ -290,7 +290,8 @@ def train(
 ) -> dict:
     """Run Step II and Step III into ``model_dir``; return the pipeline state (MODEL/pipeline.json).
 
-    ``preset`` 'cpu' or 'paper', with ``overrides`` as in :func:`sparseseg.config.get_preset`.
+    ``preset``: a name in :data:`sparseseg.config.PRESETS`, with ``overrides`` as in
+    :func:`sparseseg.config.get_preset`.
     With ``report`` and a labelled test split, the test cases are predicted by every part and
     scored (MODEL/report.json, also under the state's 'report' key).
     """
