@@ -151,6 +151,46 @@ def test_meta_model_sees_image_and_mean_of_base_labels(tmp_path):
     assert np.allclose(x[1:], expected)
 
 
+def test_meta_input_averages_only_the_bundles_pl_sets(tmp_path):
+    # A 2D model trained on xy alone: A(Y) is the mean of xy and 3d; an xz prediction asked
+    # for beside it is made but stays out of A(Y).
+    import numpy as np
+
+    from sparseseg.predict import Predictor, runs_needed, trained_parts
+
+    class Recorder(torch.nn.Module):
+        stride, num_classes = 4, 3
+
+        def forward(self, x):
+            seen.append(x.detach().float().clone())
+            return torch.zeros(x.shape[0], 3, *x.shape[2:])
+
+    assert runs_needed(["meta"], ("xy", "3d")) == ("xy", "3d", "meta")
+    assert runs_needed(["meta", "xz"], ("xy", "3d")) == ("xy", "xz", "3d", "meta")
+    bundle = tiny_bundle()
+    bundle.planes, bundle.pl_sets = ["xy"], ["xy", "3d"]
+    file = save_bundle(bundle, tmp_path / "model")
+    assert load_bundle(file).pl_sets == ["xy", "3d"]
+    assert trained_parts(file) == ("meta", "3d", "xy")
+    seen: list[torch.Tensor] = []
+    predictor = Predictor(file, device="cpu", precision="fp32")
+    predictor._models["meta"] = Recorder()
+    image = np.random.default_rng(2).normal(size=(16, 12, 8)).astype(np.float32)
+    out = predictor.predict(image, ("meta", "3d", "xy", "xz"))
+    expected = np.stack(
+        [np.mean([out[p].labels == c for p in ("xy", "3d")], axis=0) for c in range(3)]
+    )
+    assert np.allclose(seen[0][0, 1:].numpy(), expected)
+
+
+def test_bundles_without_pl_sets_use_all_four(tmp_path):
+    file = save_bundle(tiny_bundle(), tmp_path / "model")
+    raw = torch.load(file, weights_only=True)
+    del raw["pl_sets"]  # as written before the field existed
+    torch.save(raw, file)
+    assert load_bundle(file).pl_sets == ["xy", "xz", "yz", "3d"]
+
+
 def test_base_parts_alone_skip_the_other_models(tmp_path):
     import numpy as np
 

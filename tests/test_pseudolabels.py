@@ -17,6 +17,7 @@ from sparseseg.pseudolabels import (
     model_path,
     pl_dir,
     pl_path,
+    pl_sets,
     read_mean_map,
     read_pseudolabels,
     run_step2,
@@ -68,6 +69,12 @@ def test_apply_manual_and_mean_one_hot():
     assert ay.shape == (3, 1, 1, 2) and ay.dtype == np.float32
     np.testing.assert_allclose(ay[:, 0, 0, 0], [0.75, 0.25, 0.0])
     np.testing.assert_allclose(ay[:, 0, 0, 1], [0.0, 0.25, 0.75])
+
+
+def test_pl_sets_follow_the_2d_models_planes():
+    assert pl_sets(("xy", "xz", "yz")) == PL_SETS
+    assert pl_sets(("yz", "xy")) == ("xy", "yz", "3d")
+    assert pl_sets(("xy",)) == ("xy", "3d")
 
 
 def test_step2_writes_four_pl_sets_that_keep_manual_labels(tmp_path):

@@ -63,6 +63,9 @@ class Bundle:
     config: dict[str, Any]
     normalisation: dict[str, Any] = field(default_factory=lambda: {"kind": "zscore-per-volume"})
     planes: list[str] = field(default_factory=lambda: ["xy", "xz", "yz"])
+    # the PL sets averaged into the meta-model's A(Y) input; bundles written before this field
+    # existed always used all four
+    pl_sets: list[str] = field(default_factory=lambda: ["xy", "xz", "yz", "3d"])
     sparseseg_version: str = __version__
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -93,6 +96,7 @@ class Bundle:
             "preset": self.preset,
             "class_names": list(self.class_names),
             "planes": list(self.planes),
+            "pl_sets": list(self.pl_sets),
             "normalisation": dict(self.normalisation),
             "config": self.config,
             "parts": {k: {"arch": p.arch, "kwargs": p.kwargs} for k, p in self.parts.items()},
@@ -164,6 +168,7 @@ def load_bundle(path: str | Path) -> Bundle:
             config=payload["config"],
             normalisation=dict(payload["normalisation"]),
             planes=list(payload["planes"]),
+            pl_sets=list(payload.get("pl_sets", ["xy", "xz", "yz", "3d"])),
             sparseseg_version=str(payload["sparseseg_version"]),
             format_version=int(version),
             extra=dict(payload.get("extra", {})),

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,18 +99,18 @@ def _check_same_run(model_dir: Path, state: dict, dataset: Dataset, preset_dict:
     return {**fresh, "stages": state.get("stages", {})}
 
 
-def meta_cases(dataset: Dataset, stage2_dir: str | Path) -> list[dict]:
-    """The meta-model's training samples: every training image with its A(Y) and four PL sets."""
-    from sparseseg.pseudolabels import PL_SETS, read_mean_map, read_pseudolabels
+def meta_cases(dataset: Dataset, stage2_dir: str | Path, sets: Sequence[str]) -> list[dict]:
+    """The meta-model's training samples: every training image with its A(Y) and PL ``sets``."""
+    from sparseseg.pseudolabels import read_mean_map, read_pseudolabels
     from sparseseg.selftrain import meta_case
     from sparseseg.training.sampling import zscore
 
     cases = []
     for case in dataset.cases("Tr"):
         image = dataset.load_image(case).array
-        pls = read_pseudolabels(stage2_dir, case)
+        pls = read_pseudolabels(stage2_dir, case, sets)
         cases.append(
-            meta_case(zscore(image), read_mean_map(stage2_dir, case), [pls[n] for n in PL_SETS])
+            meta_case(zscore(image), read_mean_map(stage2_dir, case), [pls[n] for n in sets])
         )
     return cases
 
@@ -133,19 +133,20 @@ def run_meta_stage(
     import torch
 
     from sparseseg.models.meta import meta_kwargs
-    from sparseseg.pseudolabels import PL_SETS
+    from sparseseg.pseudolabels import pl_sets
     from sparseseg.selftrain import train_meta
 
     stage_dir = model_dir / STAGE3_DIR
     stage_dir.mkdir(parents=True, exist_ok=True)
-    cases = meta_cases(dataset, model_dir / STAGE2_DIR)
+    sets = pl_sets(preset.planes)
+    cases = meta_cases(dataset, model_dir / STAGE2_DIR, sets)
     t0 = time.perf_counter()
     result = train_meta(
         cases,
         dataset.num_classes,
         preset,
         stage_dir / "meta.ckpt",
-        pl_names=PL_SETS,
+        pl_names=sets,
         resume=resume,
         device=device,
         progress=progress,
@@ -154,7 +155,7 @@ def run_meta_stage(
     seconds = round(time.perf_counter() - t0, 1)
     weights = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     log_data = {
-        "pl_sets": list(PL_SETS),
+        "pl_sets": list(sets),
         "cases": dataset.cases("Tr"),
         "stage1_iterations": preset.meta.stage1_iterations,
         "stage2_iterations": preset.meta.stage2_iterations,
@@ -182,7 +183,7 @@ def make_bundle(dataset: Dataset, model_dir: Path, preset) -> Path:
     import torch
 
     from sparseseg.bundle import Bundle, ModelPart, save_bundle
-    from sparseseg.pseudolabels import MODEL2D, MODEL3D, model_path
+    from sparseseg.pseudolabels import MODEL2D, MODEL3D, model_path, pl_sets
 
     parts = {}
     for part, name in (("2d", MODEL2D), ("3d", MODEL3D)):
@@ -206,6 +207,7 @@ def make_bundle(dataset: Dataset, model_dir: Path, preset) -> Path:
         preset=preset.name,
         config=_plain(preset.to_dict()),
         planes=list(preset.planes),
+        pl_sets=list(pl_sets(preset.planes)),
         extra={"dataset": dataset.name, "training_cases": len(dataset.cases("Tr"))},
     )
     return save_bundle(bundle, model_dir)
@@ -218,28 +220,31 @@ def score_test_split(
     device: str | None,
     progress: bool,
 ) -> dict:
-    """Predict the test split with every part, score each, write MODEL/report.json."""
-    from sparseseg.predict import PARTS, predict_files
+    """Predict the test split with the meta-model and each base model (the 2D model along the
+    planes it was trained on), score each, write MODEL/report.json."""
+    from sparseseg.predict import predict_files, trained_parts
 
     pred_root = model_dir / TEST_DIR
+    parts = trained_parts(model_dir)
     predict_files(
         model_dir,
         dataset.root / "imagesTs",
         pred_root,
-        parts=PARTS,
+        parts=parts,
         device=device,
         progress=progress,
         overwrite=False,
     )
-    return distributed.run_on_main(lambda: _score_predictions(dataset, model_dir, pred_root))
+    return distributed.run_on_main(lambda: _score_predictions(dataset, model_dir, pred_root, parts))
 
 
-def _score_predictions(dataset: Dataset, model_dir: Path, pred_root: Path) -> dict:
+def _score_predictions(
+    dataset: Dataset, model_dir: Path, pred_root: Path, parts: Sequence[str]
+) -> dict:
     from sparseseg.evaluation import evaluate
-    from sparseseg.predict import PARTS
 
     report: dict[str, Any] = {"split": "Ts", "cases": len(dataset.cases("Ts")), "parts": {}}
-    for part in PARTS:
+    for part in parts:
         scores = evaluate(
             pred_root / part, dataset.root, out=pred_root / part / "metrics.json", split="Ts"
         )

@@ -69,11 +69,17 @@ def _add_one_hot(counts: np.ndarray, labels: np.ndarray) -> None:
         counts[c] += labels == c
 
 
-def runs_needed(parts: Sequence[str]) -> tuple[str, ...]:
-    """The model runs that ``parts`` need, in order: planes of the 2D model, '3d', 'meta'."""
-    if "meta" in parts:
-        return (*PL_PARTS, "meta")
-    return tuple(p for p in PL_PARTS if p in parts)
+def runs_needed(parts: Sequence[str], pl_sets: Sequence[str] = PL_PARTS) -> tuple[str, ...]:
+    """The model runs that ``parts`` need, in order: planes of the 2D model, '3d', 'meta'
+    (which needs every PL set of ``pl_sets``)."""
+    needed = set(parts) | (set(pl_sets) if "meta" in parts else set())
+    return tuple(p for p in (*PL_PARTS, "meta") if p in needed)
+
+
+def trained_parts(model: str | Path | Bundle) -> tuple[str, ...]:
+    """The parts a bundle was trained to give: 'meta', '3d' and the 2D model's planes."""
+    bundle = model if isinstance(model, Bundle) else load_bundle(model)
+    return tuple(p for p in PARTS if p in ("meta", "3d", *bundle.planes))
 
 
 class Predictor:
@@ -97,6 +103,7 @@ class Predictor:
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"bundle config is invalid ({exc})", self.bundle.source) from None
         self.num_classes = self.bundle.num_classes
+        self.pl_sets = tuple(self.bundle.pl_sets)
         self._models: dict = {}
 
     def model(self, part: str):
@@ -127,7 +134,8 @@ class Predictor:
         counts = np.zeros((c, *x.shape), dtype=np.uint8)
         out: dict[str, Prediction] = {}
         common = dict(device=self.device, precision=self.precision)
-        for plane in [p for p in runs_needed(parts) if p in ("xy", "xz", "yz")]:
+        runs = runs_needed(parts, self.pl_sets)
+        for plane in [p for p in runs if p in ("xy", "xz", "yz")]:
             keep_probs = probabilities and plane in parts
             result = predict_planes_2d(
                 self.model("2d"),
@@ -138,12 +146,13 @@ class Predictor:
                 **common,
             )[plane]
             labels = _argmax_uint8(result) if keep_probs else result
-            _add_one_hot(counts, labels)
+            if plane in self.pl_sets:
+                _add_one_hot(counts, labels)
             if plane in parts:
                 out[plane] = Prediction(labels, result if keep_probs else None)
             del result, labels
             tick(plane)
-        if "3d" in runs_needed(parts):
+        if "3d" in runs:
             probs = predict_volume_3d(
                 self.model("3d"),
                 x,
@@ -163,7 +172,7 @@ class Predictor:
             inputs[0] = x
             del x
             for k in range(c):
-                np.multiply(counts[k], np.float32(1.0 / len(PL_PARTS)), out=inputs[1 + k])
+                np.multiply(counts[k], np.float32(1.0 / len(self.pl_sets)), out=inputs[1 + k])
             del counts
             probs = predict_volume_3d(
                 self.model("meta"),
@@ -240,7 +249,7 @@ def predict_files(
     predictor = Predictor(model, device=device, precision=precision)
     out_dir = Path(out_dir)
     several = len(parts) > 1
-    runs_per_case = len(runs_needed(parts))
+    runs_per_case = len(runs_needed(parts, predictor.pl_sets))
     written: dict[str, dict[str, Path]] = {}
     bar = tqdm(
         total=len(files) * runs_per_case,

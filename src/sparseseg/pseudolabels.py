@@ -37,6 +37,17 @@ from sparseseg.errors import InputError
 from sparseseg.fileio import write_json
 
 PL_SETS = ("xy", "xz", "yz", "3d")
+
+
+def pl_sets(planes) -> tuple[str, ...]:
+    """The PL sets whose mean is A(Y): the 2D model's trained planes, then '3d'.
+
+    All four with the default planes; ('xy', '3d') for a 2D model trained on xy sections only
+    (its predictions across planes it never saw are not pseudo-labels).
+    """
+    return (*(p for p in PL_SETS[:3] if p in planes), "3d")
+
+
 MODEL2D, MODEL3D = "model2d", "model3d"
 
 
@@ -250,11 +261,11 @@ def compute_pseudolabels(
     *,
     device: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """The four PLs of one z-scored image (X, Y, Z): ``{'xy', 'xz', 'yz', '3d': uint8 (X, Y, Z)}``.
+    """The PLs of one z-scored image (X, Y, Z): ``{name: uint8 (X, Y, Z)}`` for each name in
+    :func:`pl_sets` of ``preset.planes`` (all four by default).
 
-    The 2D model runs over every slice of each plane; planes outside ``preset.planes`` (e.g. EM
-    with xy only) still get a PL from the 2D model, so there are always four sets. Where
-    ``manual`` is given and != ``ignore_index``, the manual label replaces the prediction.
+    The 2D model runs over every slice of each of its planes. Where ``manual`` is given and !=
+    ``ignore_index``, the manual label replaces the prediction.
     """
     from sparseseg.inference import predict_planes_2d, predict_volume_3d
 
@@ -262,7 +273,7 @@ def compute_pseudolabels(
     pls = predict_planes_2d(
         model2d,
         image,
-        ("xy", "xz", "yz"),
+        pl_sets(preset.planes)[:-1],
         batch_size=inf.slice_batch_size,
         device=device,
         labels_only=True,
@@ -296,9 +307,9 @@ def mean_one_hot(pls: Mapping[str, np.ndarray] | Sequence[np.ndarray], num_class
     return out / len(maps)
 
 
-def _case_done(out_dir: Path, case: str, ending: str) -> bool:
+def _case_done(out_dir: Path, case: str, ending: str, sets: Sequence[str]) -> bool:
     return mean_path(out_dir, case, ending).exists() and all(
-        pl_path(out_dir, s, case, ending).exists() for s in PL_SETS
+        pl_path(out_dir, s, case, ending).exists() for s in sets
     )
 
 
@@ -334,7 +345,8 @@ def generate_pseudolabels(
     out_dir = Path(out_dir)
     ending = dataset.file_ending
     cases = dataset.cases("Tr")
-    todo = [c for c in cases if not _case_done(out_dir, c, ending)]
+    sets = pl_sets(preset.planes)
+    todo = [c for c in cases if not _case_done(out_dir, c, ending, sets)]
     distributed.barrier()  # every rank lists the same cases before any is written
     todo = distributed.shard(todo)  # each rank writes its own share
     if todo:
@@ -355,7 +367,7 @@ def generate_pseudolabels(
     distributed.barrier()
 
     def write_datasets() -> None:
-        for name in PL_SETS:
+        for name in sets:
             root = pl_dir(out_dir, name)
             for case in cases:
                 _link_or_copy(
@@ -399,10 +411,12 @@ def run_step2(
     return summary
 
 
-def read_pseudolabels(out_dir: str | Path, case: str) -> dict[str, np.ndarray]:
-    """``{'xy', 'xz', 'yz', '3d': uint8 (X, Y, Z)}`` of one case from OUT."""
+def read_pseudolabels(
+    out_dir: str | Path, case: str, sets: Sequence[str] = PL_SETS
+) -> dict[str, np.ndarray]:
+    """``{name: uint8 (X, Y, Z)}`` of one case from OUT, for each PL set in ``sets``."""
     out = {}
-    for name in PL_SETS:
+    for name in sets:
         path = pl_path(out_dir, name, case)
         if not path.exists():
             path = pl_path(out_dir, name, case, ".nii")
@@ -442,7 +456,7 @@ def _write_summary(out_dir: Path, dataset: Dataset, preset: Preset, summary: dic
             "dataset": str(dataset.root),
             "class_names": dataset.class_names,
             "ignore_index": training_ignore_index(dataset),
-            "pl_sets": list(PL_SETS),
+            "pl_sets": list(pl_sets(preset.planes)),
             "preset": preset.to_dict(),
         }
     )

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from sparseseg.config import get_preset
     from sparseseg.data.layout import Dataset
     from sparseseg.errors import InputError
-    from sparseseg.pseudolabels import PL_SETS, pl_dir, run_step2
+    from sparseseg.pseudolabels import pl_dir, pl_sets, run_step2
 
     try:
         preset = get_preset(args.preset, args.overrides)
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if not distributed.is_main():
             return 0
-    for name in PL_SETS:
+    for name in pl_sets(preset.planes):
         print(f"{name}: {pl_dir(args.out, name)}")
     print(
         f"{len(summary['cases'])} cases; training {summary['training_seconds_last_run']} s, "
