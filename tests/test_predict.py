@@ -181,6 +181,14 @@ def test_meta_input_averages_only_the_bundles_pl_sets(tmp_path):
         [np.mean([out[p].labels == c for p in ("xy", "3d")], axis=0) for c in range(3)]
     )
     assert np.allclose(seen[0][0, 1:].numpy(), expected)
+    # 'all' means the trained parts
+    import nibabel as nib
+
+    from sparseseg.predict import predict_files
+
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "case.nii.gz")
+    written = predict_files(file, tmp_path / "case.nii.gz", tmp_path / "pred", parts="all")
+    assert sorted(written["case"]) == ["3d", "meta", "xy"]
 
 
 def test_bundles_without_pl_sets_use_all_four(tmp_path):

@@ -135,15 +135,17 @@ def predict(
     ``images`` a NIfTI file or folder (written to ``out``; returns ``{case: {part: path}}``), or
     an (X, Y, Z) array or Volume (returns ``{part: Prediction}`` with ``labels`` uint8 (X, Y, Z)
     and, with ``probabilities``, float32 (C, X, Y, Z); nothing is written). ``parts``: 'meta'
-    (default), base models alone ('3d', 'xy', 'xz', 'yz'), several, or 'all'.
+    (default), base models alone ('3d', 'xy', 'xz', 'yz'), several, or 'all' (the meta-model,
+    the 3D model and the 2D model along each plane it was trained on).
     """
     from sparseseg.errors import InputError
-    from sparseseg.predict import Predictor, parse_parts, predict_files
+    from sparseseg.predict import Predictor, parse_parts, predict_files, trained_parts
 
-    parts = parse_parts(parts)
+    parse_parts(parts)  # a bad list fails before any model is loaded
     if isinstance(images, (np.ndarray, Volume)):
         array = images.array if isinstance(images, Volume) else images
         predictor = Predictor(model, device=device, precision=precision)
+        parts = parse_parts(parts, trained_parts(predictor.bundle))
         return predictor.predict(np.asarray(array, np.float32), parts, probabilities=probabilities)
     if out is None:
         raise InputError("predicting files needs an output folder (out=...)", images)

@@ -44,12 +44,12 @@ class Prediction:
     probabilities: np.ndarray | None = None
 
 
-def parse_parts(text: str | Sequence[str]) -> tuple[str, ...]:
-    """'meta,3d' or 'all' -> ('meta', '3d'); validated, in canonical order."""
+def parse_parts(text: str | Sequence[str], all_parts: Sequence[str] = PARTS) -> tuple[str, ...]:
+    """'meta,3d' -> ('meta', '3d'), 'all' -> ``all_parts``; validated, in canonical order."""
     items = text.split(",") if isinstance(text, str) else list(text)
     items = [p.strip().lower() for p in items if p.strip()]
     if "all" in items:
-        return PARTS
+        return tuple(all_parts)
     bad = [p for p in items if p not in PARTS]
     if bad or not items:
         raise InputError(f"parts must be 'all' or a subset of {','.join(PARTS)}, got {text!r}")
@@ -225,7 +225,7 @@ def predict_files(
     input_path: str | Path,
     out_dir: str | Path,
     *,
-    parts: Sequence[str] = ("meta",),
+    parts: str | Sequence[str] = ("meta",),
     probabilities: bool = False,
     device: str | None = None,
     precision: str = "auto",
@@ -243,10 +243,10 @@ def predict_files(
 
     from sparseseg import distributed
 
-    parts = parse_parts(parts)
     all_files = list_inputs(input_path)
     files = distributed.shard(all_files)
     predictor = Predictor(model, device=device, precision=precision)
+    parts = parse_parts(parts, trained_parts(predictor.bundle))
     out_dir = Path(out_dir)
     several = len(parts) > 1
     runs_per_case = len(runs_needed(parts, predictor.pl_sets))

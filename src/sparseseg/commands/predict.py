@@ -17,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--part",
         default="meta",
         metavar="PARTS",
-        help="meta (default), or base models alone: 3d, xy, xz, yz; several as meta,3d or all "
-        "(then each goes to DIR/PART/)",
+        help="meta (default), or base models alone: 3d, xy, xz, yz; several as meta,3d, or all "
+        "(meta, 3d and the 2D model's trained planes); with several, each goes to DIR/PART/",
     )
     parser.add_argument(
         "--probabilities",
@@ -44,12 +44,13 @@ def run(args: argparse.Namespace) -> int:
     from sparseseg import distributed
     from sparseseg.predict import parse_parts, predict_files
 
+    parse_parts(args.part)  # a bad list fails before any model is loaded
     with distributed.session(args.device) as device:  # joins torchrun's group, if any
         written = predict_files(
             args.model,
             args.input,
             args.out,
-            parts=parse_parts(args.part),
+            parts=args.part,
             probabilities=args.probabilities,
             device=str(device),
             precision=args.precision,
