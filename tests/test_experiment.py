@@ -60,14 +60,14 @@ def test_sparse_dataset_is_refused(tmp_path, capsys):
 
 
 def test_xy_only_2d_model_reports_its_trained_parts(tmp_path):
-    # A 2D model trained on xy sections alone gives the xy and 3D PL sets; the run scores meta,
-    # 3d and xy, not the planes the 2D model never saw.
+    # A 2D model trained on xy sections alone gives the xy and 3D PL sets; the run annotates xy
+    # sections only and scores meta, 3d and xy, not the planes the 2D model never saw.
     data = write_phantom_dataset(
         tmp_path / "data", "heart", cases=2, seed=0, test_cases=1, shape=(24, 24, 16)
     )
     sets = [a for k, v in {**TINIER, "planes": "xy"}.items() for a in ("--set", f"{k}={v}")]
     args = ["experiment", str(data), "--out", str(tmp_path / "res"), "--budgets", "4"]
-    args += ["--strategies", "eia", "--seeds", "0", "--planes", "xy", "--no-full", "--quiet"]
+    args += ["--strategies", "eia", "--seeds", "0", "--no-full", "--quiet"]  # planes: the preset's
     assert main([*args, *sets]) == 0
     rows = report.read_rows(tmp_path / "res" / "results.csv")
     assert {r["model"] for r in rows} == {"meta", "3d", "xy"}
@@ -75,3 +75,5 @@ def test_xy_only_2d_model_reports_its_trained_parts(tmp_path):
     selftrain = json.loads((model / "stage3_meta" / "selftrain.json").read_text())
     assert selftrain["pl_sets"] == ["xy", "3d"]
     assert json.loads((model / "bundle.json").read_text())["pl_sets"] == ["xy", "3d"]
+    selection = json.loads((model.parent / "selection" / "selection.json").read_text())
+    assert all(list(c["planes"]) == ["xy"] for c in selection["cases"].values())

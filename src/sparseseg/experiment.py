@@ -325,14 +325,17 @@ def run_experiment(
     preset: str = "cpu",
     overrides: dict[str, Any] | None = None,
     *,
-    planes: str = "xy,xz,yz",
+    planes: str | None = None,
     extractor: str = "vgg",
     full: bool = True,
     device: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Path]:
-    """Run (or complete) the grid; return the paths of the written tables and figure."""
+    """Run (or complete) the grid; return the paths of the written tables and figure.
+
+    ``planes``: the planes to annotate, e.g. 'xy'; by default those of the preset's 2D model.
+    """
     dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
     if dataset.ignore_value is not None:
         raise InputError(
@@ -352,9 +355,10 @@ def run_experiment(
     out = Path(out)
     overrides = dict(overrides or {})
     try:
-        get_preset(preset, {**seed_overrides(0), **overrides})
+        cfg = get_preset(preset, {**seed_overrides(0), **overrides})
     except ValueError as exc:
         raise InputError(f"bad settings: {exc}") from None
+    planes = planes or ",".join(cfg.planes)
     jobs: list[tuple[str, Callable[[Path], dict]]] = []
     for seed in seeds:
         if full:

@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategies", default="ra,eia", help="from ra,eia,random")
     parser.add_argument("--seeds", type=_numbers(int), default=(0,), help="e.g. 0,1,2")
     add_preset_arguments(parser, "train3d.iterations=300")
-    parser.add_argument("--planes", default="xy,xz,yz", help="planes to annotate")
+    parser.add_argument(
+        "--planes", default=None, help="planes to annotate (default: the preset's, e.g. xy,xz,yz)"
+    )
     parser.add_argument(
         "--extractor", default="vgg", choices=("vgg", "intensity"), help="slice features for ra"
     )
