@@ -37,6 +37,7 @@ from sparseseg.errors import InputError
 from sparseseg.fileio import write_json
 
 PL_SETS = ("xy", "xz", "yz", "3d")
+MODEL2D, MODEL3D = "model2d", "model3d"
 
 
 def pl_sets(planes) -> tuple[str, ...]:
@@ -46,9 +47,6 @@ def pl_sets(planes) -> tuple[str, ...]:
     (its predictions across planes it never saw are not pseudo-labels).
     """
     return (*(p for p in PL_SETS[:3] if p in planes), "3d")
-
-
-MODEL2D, MODEL3D = "model2d", "model3d"
 
 
 # Paths ----------------------------------------------------------------------------------------
