@@ -124,22 +124,29 @@ def test_predict_a_volume_of_a_new_size_keeps_its_geometry(tmp_path, shape):
         assert np.array_equal(p.argmax(-1), labels)
 
 
+class Recorder(torch.nn.Module):
+    """A stand-in 3-class meta-model that keeps every input window in ``seen``."""
+
+    stride, num_classes = 4, 3
+
+    def __init__(self, seen: list[torch.Tensor]):
+        super().__init__()
+        self.seen = seen
+
+    def forward(self, x):
+        self.seen.append(x.detach().float().clone())
+        return torch.zeros(x.shape[0], 3, *x.shape[2:])
+
+
 def test_meta_model_sees_image_and_mean_of_base_labels(tmp_path):
     import numpy as np
 
     from sparseseg.predict import Predictor
     from sparseseg.training.sampling import zscore
 
-    class Recorder(torch.nn.Module):
-        stride, num_classes = 4, 3
-
-        def forward(self, x):
-            seen.append(x.detach().float().clone())
-            return torch.zeros(x.shape[0], 3, *x.shape[2:])
-
     seen: list[torch.Tensor] = []
     predictor = Predictor(tiny_bundle(), device="cpu", precision="fp32")
-    predictor._models["meta"] = Recorder()
+    predictor._models["meta"] = Recorder(seen)
     image = np.random.default_rng(1).normal(size=(20, 28, 12)).astype(np.float32) * 5 + 3
     out = predictor.predict(image, ("meta", "3d", "xy", "xz", "yz"))
     assert len(seen) == 1 and seen[0].shape == (1, 4, 20, 28, 12)  # one window, no padding
@@ -158,13 +165,6 @@ def test_meta_input_averages_only_the_bundles_pl_sets(tmp_path):
 
     from sparseseg.predict import Predictor, runs_needed, trained_parts
 
-    class Recorder(torch.nn.Module):
-        stride, num_classes = 4, 3
-
-        def forward(self, x):
-            seen.append(x.detach().float().clone())
-            return torch.zeros(x.shape[0], 3, *x.shape[2:])
-
     assert runs_needed(["meta"], ("xy", "3d")) == ("xy", "3d", "meta")
     assert runs_needed(["meta", "xz"], ("xy", "3d")) == ("xy", "xz", "3d", "meta")
     bundle = tiny_bundle()
@@ -174,7 +174,7 @@ def test_meta_input_averages_only_the_bundles_pl_sets(tmp_path):
     assert trained_parts(file) == ("meta", "3d", "xy")
     seen: list[torch.Tensor] = []
     predictor = Predictor(file, device="cpu", precision="fp32")
-    predictor._models["meta"] = Recorder()
+    predictor._models["meta"] = Recorder(seen)
     image = np.random.default_rng(2).normal(size=(16, 12, 8)).astype(np.float32)
     out = predictor.predict(image, ("meta", "3d", "xy", "xz"))
     expected = np.stack(

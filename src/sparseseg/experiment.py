@@ -112,7 +112,6 @@ def sparse_run(
     ``ra`` slice features are kept in ``feature_cache`` and shared by runs of the same seed.
     """
     from sparseseg import api
-    from sparseseg.predict import trained_parts
 
     selection_dir = run_dir / "selection"
     if not (selection_dir / "dataset" / "dataset.json").exists():
@@ -158,7 +157,7 @@ def sparse_run(
         "train_seconds": seconds,
     }
     rows, case_rows = [], []
-    for part in trained_parts(run_dir / "model"):
+    for part in state["report"]["parts"]:
         metrics_path = run_dir / "model" / "test_predictions" / part / "metrics.json"
         r, c = rows_from_metrics(json.loads(metrics_path.read_text()), common, part)
         rows += r

@@ -216,16 +216,17 @@ def make_bundle(dataset: Dataset, model_dir: Path, preset) -> Path:
 def score_test_split(
     dataset: Dataset,
     model_dir: Path,
+    planes: Sequence[str],
     *,
     device: str | None,
     progress: bool,
 ) -> dict:
-    """Predict the test split with the meta-model and each base model (the 2D model along the
-    planes it was trained on), score each, write MODEL/report.json."""
-    from sparseseg.predict import predict_files, trained_parts
+    """Predict the test split with the meta-model and each base model (the 2D model along its
+    trained ``planes``), score each, write MODEL/report.json."""
+    from sparseseg.predict import parts_for_planes, predict_files
 
     pred_root = model_dir / TEST_DIR
-    parts = trained_parts(model_dir)
+    parts = parts_for_planes(planes)
     predict_files(
         model_dir,
         dataset.root / "imagesTs",
@@ -350,7 +351,7 @@ def train(
 
         def scores() -> dict:
             try:
-                score_test_split(dataset, model_dir, device=device, progress=progress)
+                score_test_split(dataset, model_dir, cfg.planes, device=device, progress=progress)
             except InputError as exc:  # e.g. sparse test labels: the model itself is fine
                 say(f"report: not written ({exc})")
                 return {"skipped": str(exc)}

@@ -76,10 +76,15 @@ def runs_needed(parts: Sequence[str], pl_sets: Sequence[str] = PL_PARTS) -> tupl
     return tuple(p for p in (*PL_PARTS, "meta") if p in needed)
 
 
+def parts_for_planes(planes: Sequence[str]) -> tuple[str, ...]:
+    """'meta', '3d' and the 2D model's ``planes``, in canonical order."""
+    return tuple(p for p in PARTS if p in ("meta", "3d", *planes))
+
+
 def trained_parts(model: str | Path | Bundle) -> tuple[str, ...]:
     """The parts a bundle was trained to give: 'meta', '3d' and the 2D model's planes."""
     bundle = model if isinstance(model, Bundle) else load_bundle(model)
-    return tuple(p for p in PARTS if p in ("meta", "3d", *bundle.planes))
+    return parts_for_planes(bundle.planes)
 
 
 class Predictor:
