@@ -2,6 +2,7 @@
 
     from sparseseg import api
     sel = api.select("heart", budget=10, out="sel", simulate_from_labels=True)
+    api.import_annotations("sel", "painted", "sparse")    # or: slices painted by annotators
     state = api.train("sel/dataset", "model", preset="cpu")
     api.predict("model", "sel/dataset/imagesTs", out="pred")
     scores = api.evaluate("pred", "sel/dataset")
@@ -22,7 +23,7 @@ import numpy as np
 
 from sparseseg.data.volume import Volume
 
-__all__ = ["select", "train", "predict", "evaluate"]
+__all__ = ["select", "import_annotations", "train", "predict", "evaluate"]
 
 
 def select(
@@ -82,6 +83,42 @@ def select(
             tsne=figures,
         )
     return selection
+
+
+def import_annotations(
+    selection: str | Path,
+    painted: str | Path,
+    out: str | Path,
+    *,
+    dataset: str | Path | None = None,
+    allow_missing: bool = False,
+    keep_extra: bool = False,
+    overwrite: bool = False,
+):
+    """Write the sparse training dataset ``out`` from annotators' painted label maps; like
+    ``sparseseg annotations``.
+
+    ``selection``: the folder ``select`` wrote; ``painted``: a folder with one painted map per
+    case (``CASE.nii.gz``, ``.nii``, ``.nrrd`` or a 3D Slicer ``.seg.nrrd``), 0 where nothing
+    was painted; ``dataset``: the dataset the selection was made on (default: the one it
+    records). The painted values on the chosen slices (0 there is background) become the
+    labels, ``ignore`` elsewhere; images are copied as ``select(simulate_from_labels=True)``
+    does. ``allow_missing`` skips cases without a painted file; ``keep_extra`` keeps painted
+    voxels off the chosen slices as whole extra slices. Returns an
+    :class:`~sparseseg.annotation_import.ImportReport` (``summary()`` and ``warnings()`` give
+    the lines the command prints; nothing is printed here).
+    """
+    from sparseseg.annotation_import import import_annotations as run_import
+
+    return run_import(
+        selection,
+        painted,
+        out,
+        dataset=dataset,
+        allow_missing=allow_missing,
+        keep_extra=keep_extra,
+        overwrite=overwrite,
+    )
 
 
 def train(

@@ -87,6 +87,23 @@ def read_nifti(
     return Volume(array, np.asarray(img.affine, dtype=np.float64), strip_nifti_suffix(path.name))
 
 
+def nifti_geometry(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The spatial shape (X, Y, Z) and affine of a 3D NIfTI file, from its header alone."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", path)
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:
+        raise InputError(f"cannot read NIfTI ({_reason(exc, path)})", path) from None
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(f"expected a 3D volume, got shape {shape}", path)
+    return shape, np.asarray(img.affine, dtype=np.float64)
+
+
 def write_nifti(path: str | Path, volume: Volume | np.ndarray, affine: np.ndarray | None = None):
     """Write a NIfTI file atomically, keeping the affine (from ``volume`` or ``affine``)."""
     if isinstance(volume, Volume):

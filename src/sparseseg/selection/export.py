@@ -12,6 +12,7 @@ from dense labels, a simulated sparse dataset.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,12 @@ from sparseseg.fileio import atomic_dir, write_json
 from sparseseg.selection.features import intensity_features, normalise_volume
 from sparseseg.selection.figures import contact_sheet, tsne_figure
 from sparseseg.selection.selector import Selection
-from sparseseg.selection.sparsify import annotation_mask, sparsify_labels
+from sparseseg.selection.sparsify import (
+    annotation_cost,
+    annotation_mask,
+    sparsify_labels,
+    total_cost,
+)
 
 
 def write_selection(
@@ -98,18 +104,46 @@ def simulate_sparse_dataset(ds: Dataset, selection: Selection, dest: str | Path)
     """Write a canonical dataset at ``dest`` whose training labels are the true labels on the
     chosen slices and ``ignore`` elsewhere (as if an annotator had labelled only those slices).
 
+    See :func:`write_sparse_dataset` for the rest of its content. The source is never modified.
+    """
+    ignore = sparse_labels(ds)[IGNORE]
+
+    def sparse_label(name: str) -> Volume:
+        label = ds.load_label(name, image=ds.load_image(name))
+        return Volume(sparsify_labels(label.array, selection.chosen(name), ignore), label.affine)
+
+    chosen = {name: case.chosen for name, case in selection.cases.items()}
+    return write_sparse_dataset(ds, selection, dest, chosen, sparse_label)
+
+
+def sparse_labels(ds: Dataset) -> dict[str, int]:
+    """The labels of a sparse dataset made from ``ds``: its classes and ``ignore``."""
+    return ds.labels if IGNORE in ds.labels else with_ignore(ds.class_labels)
+
+
+def write_sparse_dataset(
+    ds: Dataset,
+    selection: Selection,
+    dest: str | Path,
+    chosen: Mapping[str, Mapping[str, Sequence[int]]],
+    sparse_label: Callable[[str], Volume],
+) -> Path:
+    """Write the sparse training dataset made from ``ds`` for the cases of ``chosen``.
+
+    ``chosen``: case -> plane -> the slices annotated in it; ``sparse_label(case)``: its label
+    map (X, Y, Z) with ``ignore`` off those slices (stored as uint8 where the values fit).
     Training images are copied byte for byte; imagesTs/labelsTs are copied unchanged, so the
-    sparse dataset trains and evaluates as it is. The source is never modified.
+    sparse dataset trains and evaluates as it is. dataset.json declares the ``ignore`` label and
+    records the selection and the annotation cost of ``chosen`` under 'sparse_annotation'.
     """
     dest = Path(dest)
-    labels = ds.labels if IGNORE in ds.labels else with_ignore(ds.class_labels)
-    ignore = labels[IGNORE]
-    for name, case in selection.cases.items():
+    labels = sparse_labels(ds)
+    for name in chosen:
         image_path = ds.image_path(name)
         (dest / "imagesTr").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(image_path, dest / "imagesTr" / image_path.name)
-        label = ds.load_label(name, image=ds.load_image(name))
-        sparse = sparsify_labels(label.array, case.chosen, ignore)
+        label = sparse_label(name)
+        sparse = label.array
         if sparse.max() <= 255 and sparse.min() >= 0:
             sparse = sparse.astype(np.uint8)
         write_nifti(dest / "labelsTr" / f"{name}{ds.file_ending}", Volume(sparse, label.affine))
@@ -120,6 +154,7 @@ def simulate_sparse_dataset(ds: Dataset, selection: Selection, dest: str | Path)
             for f in sorted(source.iterdir()):
                 if f.is_file():
                     shutil.copyfile(f, dest / folder / f.name)
+    cost = total_cost([annotation_cost(selection.cases[n].shape, c) for n, c in chosen.items()])
     reserved = {"labels", "numTraining", "channel_names", "file_ending", "name"}
     extra = {k: v for k, v in ds.meta.items() if k not in reserved}
     extra["sparse_annotation"] = {
@@ -128,13 +163,13 @@ def simulate_sparse_dataset(ds: Dataset, selection: Selection, dest: str | Path)
         "budget": selection.budget,
         "planes": list(selection.planes),
         "seed": selection.seed,
-        "annotated_fraction": selection.cost["annotated_fraction"],
-        "covered_fraction": selection.cost["covered_fraction"],
+        "annotated_fraction": cost["annotated_fraction"],
+        "covered_fraction": cost["covered_fraction"],
     }
     write_dataset_json(
         dest,
         labels,
-        num_training=len(selection.cases),
+        num_training=len(chosen),
         channel_names=ds.meta.get("channel_names"),
         name=f"{ds.name}_{selection.strategy}_s{selection.budget:g}",
         **extra,
