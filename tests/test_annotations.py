@@ -202,6 +202,21 @@ def test_slicer_segmentation_and_reoriented_maps_import_to_the_same_dataset(stud
     )
     assert run(sel, folder, "--out", tmp_path / "b") == 0
     assert_same_dataset(tmp_path / "b", sel / "dataset")
+    # A segmentation cropped to its segments' extent (3D Slicer's crop to minimum extent).
+    vol = flipped(paintings[first], 2)
+    box = tuple(slice(a.min(), a.max() + 1) for a in np.nonzero(vol.array))
+    corner = np.array([s.start for s in box] + [1.0])
+    crop = vol.array[box]
+    ras = vol.affine.copy()
+    ras[:, 3] = vol.affine @ corner
+    assert crop.shape != SHAPE
+    nrrd.write(
+        str(folder / f"{first}.seg.nrrd"),
+        crop,
+        slicer_header(ras, [("myocardium", 1, 0), ("blood_pool", 2, 0)], crop.shape),
+    )
+    assert run(sel, folder, "--out", tmp_path / "c") == 0
+    assert_same_dataset(tmp_path / "c", sel / "dataset")
 
 
 def error_line(capsys) -> str:
@@ -413,6 +428,22 @@ def test_to_image_grid_through_affines():
         to_image_grid(array, shifted, affine, array.shape)
     shifted[0, 3] = 10 + 1e-4  # within tolerance
     assert np.array_equal(to_image_grid(array, shifted, affine, array.shape), array)
+    # A box of the image's grid, one voxel before its start along x: placed where it lies.
+    box = np.zeros((3, 2, 2), int)
+    box[1:, 0, 1] = 2
+    boxed = affine.copy()
+    boxed[:3, 3] = (affine @ [-1, 2, 3, 1])[:3]
+    with pytest.raises(InputError, match="another grid"):
+        to_image_grid(box, boxed, affine, array.shape)
+    placed = to_image_grid(box, boxed, affine, array.shape, cropped=True)
+    assert placed.shape == array.shape and np.count_nonzero(placed) == 2
+    assert placed[0, 2, 4] == placed[1, 2, 4] == 2
+    box[0, 0, 0] = 1  # painted outside the image
+    with pytest.raises(InputError, match="1 painted voxels lie outside the image"):
+        to_image_grid(box, boxed, affine, array.shape, cropped=True)
+    boxed[0, 3] += 0.25  # not on a voxel of the image
+    with pytest.raises(InputError, match="another grid"):
+        to_image_grid(box, boxed, affine, array.shape, cropped=True)
 
 
 def test_segments_map_by_name_then_value():

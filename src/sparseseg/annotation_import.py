@@ -19,6 +19,7 @@ import numpy as np
 
 from sparseseg.annotations import (
     CaseAnnotation,
+    describe_classes,
     merge_segment_layers,
     segment_classes,
     sparse_from_painted,
@@ -144,11 +145,12 @@ def painted_classes(path: Path, classes: dict[str, int], image_affine, image_sha
         else:
             extra = undeclared_values(array, classes)
             if extra:
-                declared = sorted(classes.values())
                 raise InputError(
-                    f"label values {extra} are not declared by the dataset (classes: {declared})"
+                    f"label values {extra} are not declared by the dataset (classes: "
+                    f"{describe_classes(classes)})"
                 )
-        return to_image_grid(array, painted.affine, image_affine, image_shape)
+        cropped = painted.segments is not None  # Slicer may crop to the segments' extent
+        return to_image_grid(array, painted.affine, image_affine, image_shape, cropped)
     except InputError as exc:
         raise InputError(exc.problem, path) from None
 

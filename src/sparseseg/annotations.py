@@ -41,6 +41,11 @@ def _name_key(name: str) -> str:
     return "_".join(name.lower().replace("-", " ").replace("_", " ").split())
 
 
+def describe_classes(classes: Mapping[str, int]) -> str:
+    """{'background': 0, 'liver': 1} -> 'background 0, liver 1'."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(classes.items(), key=lambda kv: kv[1]))
+
+
 def segment_classes(
     segments: Sequence[Segment], classes: Mapping[str, int]
 ) -> dict[tuple[int, int], int]:
@@ -57,10 +62,9 @@ def segment_classes(
         if target is None and seg.label_value in values:
             target = seg.label_value
         if target is None:
-            declared = ", ".join(f"{k} {v}" for k, v in classes.items())
             raise InputError(
                 f"segment {seg.name!r} (label value {seg.label_value}) matches no class by name "
-                f"or value (classes: {declared})"
+                f"or value (classes: {describe_classes(classes)})"
             )
         key = (seg.layer, seg.label_value)
         if lookup.get(key, target) != target:
@@ -104,34 +108,55 @@ def to_image_grid(
     affine: np.ndarray,
     image_affine: np.ndarray,
     image_shape: Sequence[int],
+    cropped: bool = False,
 ) -> np.ndarray:
     """``array`` (X', Y', Z') with voxel-to-mm ``affine``, reoriented onto the image's grid.
 
     Axis permutations and flips are undone through the affines (a map saved in another
     orientation, or in LPS rather than RAS); after that the shape and affine must match the
     image's to :data:`GRID_TOLERANCE` of a voxel, else the map lies on another grid (an error).
+    With ``cropped`` (3D Slicer may save a segmentation cropped to its segments) the map may
+    also be a box of the image's grid (same spacing and directions, origin on a voxel of the
+    image): it is placed there, 0 around it; painted voxels outside the image are an error.
     """
     affine = np.asarray(affine, np.float64)
     image_affine = np.asarray(image_affine, np.float64)
+    image_shape = tuple(int(n) for n in image_shape)
     transform = ornt_transform(io_orientation(affine), io_orientation(image_affine))
     out = apply_orientation(array, transform)
     moved = affine @ inv_ornt_aff(transform, array.shape)
     spacing = np.asarray(spacing_from_affine(moved))
     image_spacing = np.asarray(spacing_from_affine(image_affine))
     tolerance = GRID_TOLERANCE * float(image_spacing.min())
-    if tuple(out.shape) != tuple(image_shape) or not np.allclose(
-        moved, image_affine, rtol=0, atol=tolerance
-    ):
+    if tuple(out.shape) == image_shape and np.allclose(moved, image_affine, rtol=0, atol=tolerance):
+        return np.ascontiguousarray(out)
+    if cropped and np.allclose(moved[:3, :3], image_affine[:3, :3], rtol=0, atol=tolerance):
+        start = np.linalg.solve(image_affine, moved[:, 3])[:3]  # image voxel of the first voxel
+        if np.allclose(start, np.rint(start), rtol=0, atol=GRID_TOLERANCE):
+            return _place(out, np.rint(start).astype(int), image_shape)
 
-        def fmt(values) -> str:
-            return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+    def fmt(values) -> str:
+        return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
-        raise InputError(
-            f"painted map lies on another grid than the image: shape {tuple(out.shape)} vs "
-            f"{tuple(image_shape)}, spacing {fmt(spacing)} vs {fmt(image_spacing)} mm, origin "
-            f"{fmt(moved[:3, 3])} vs {fmt(image_affine[:3, 3])} mm"
-        )
-    return np.ascontiguousarray(out)
+    raise InputError(
+        f"painted map lies on another grid than the image: shape {tuple(out.shape)} vs "
+        f"{image_shape}, spacing {fmt(spacing)} vs {fmt(image_spacing)} mm, origin "
+        f"{fmt(moved[:3, 3])} vs {fmt(image_affine[:3, 3])} mm"
+    )
+
+
+def _place(box: np.ndarray, start: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``box`` put at voxel ``start`` of a zero volume of ``shape``; nothing painted may fall
+    outside it."""
+    lo = np.maximum(start, 0)
+    hi = np.maximum(np.minimum(start + box.shape, shape), lo)
+    inner = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start, strict=True))
+    outside = int(np.count_nonzero(box)) - int(np.count_nonzero(box[inner]))
+    if outside:
+        raise InputError(f"{outside} painted voxels lie outside the image")
+    out = np.zeros(shape, box.dtype)
+    out[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = box[inner]
+    return out
 
 
 def cover_slices(mask: np.ndarray, planes: Sequence[str]) -> dict[str, list[int]]:
