@@ -6,7 +6,8 @@
     OUT/                    the sparse dataset, as ``select --simulate-from-labels`` writes it
 
 Every painted file is read and checked before anything is written (the output appears whole or
-not at all); the checks that do not stop the import come back as warnings in the report.
+not at all), then read again to write it, so that memory holds one case at a time; the checks
+that do not stop the import come back as warnings in the report.
 """
 
 from __future__ import annotations
@@ -190,9 +191,13 @@ def import_annotations(
     sel = read_selection(selection)
     root = dataset if dataset is not None else sel.dataset
     if root is None:
-        raise InputError("the selection does not record its dataset; pass the dataset", selection)
+        raise InputError(
+            "the selection does not record its dataset; pass it (--dataset DIR)", selection
+        )
     if dataset is None and not Path(root).is_dir():
-        raise InputError(f"the selection's dataset {root} is not found; pass the dataset", root)
+        raise InputError(
+            f"the selection's dataset {root} is not found; pass it (--dataset DIR)", root
+        )
     ds = Dataset.open(root)
     out, painted = Path(out), Path(painted)
     target = out.resolve()

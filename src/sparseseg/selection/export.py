@@ -7,6 +7,9 @@ from dense labels, a simulated sparse dataset.
     OUT/tsne.png             slice features of the first case in 2D, chosen slices marked
     OUT/dataset/             (simulate_from_labels) canonical dataset: true labels on the chosen
                              slices, ``ignore`` elsewhere; images and the test split copied
+
+:func:`write_sparse_dataset` writes such a sparse dataset from any labels on chosen slices: the
+simulated ones here, annotators' painted ones in :mod:`sparseseg.annotation_import`.
 """
 
 from __future__ import annotations
