@@ -457,3 +457,17 @@ def test_segments_map_by_name_then_value():
     assert merge_segment_layers(layers, lookup).tolist() == [[[2, 2, 1]]]
     with pytest.raises(InputError, match=r"label values \[3\] in layer 0 belong to no segment"):
         merge_segment_layers(np.array([[[[3]]]]), lookup)
+
+
+def test_dataset_is_found_from_the_selection_or_given(study, tmp_path, capsys):
+    ds, sel = study
+    paint_all(ds, sel, tmp_path / "painted")
+    moved = tmp_path / "sel"
+    (moved).mkdir()
+    record = json.loads((sel / "selection.json").read_text())
+    record["dataset"] = str(tmp_path / "gone")
+    (moved / "selection.json").write_text(json.dumps(record))
+    assert run(moved, tmp_path / "painted", "--out", tmp_path / "a") == 2
+    assert "not found; pass it (--dataset DIR)" in error_line(capsys)
+    assert run(moved, tmp_path / "painted", "--out", tmp_path / "a", "--dataset", ds) == 0
+    assert_same_dataset(tmp_path / "a", sel / "dataset")
