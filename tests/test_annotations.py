@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import nibabel as nib
+import nrrd
 import numpy as np
 import pytest
 from tiny_preset import TINIER
@@ -27,8 +28,6 @@ from sparseseg.data.planes import slice_index
 from sparseseg.data.volume import Volume
 from sparseseg.errors import InputError
 from sparseseg.selection import annotation_mask, read_selection
-
-nrrd = pytest.importorskip("nrrd")
 
 SHAPE = (24, 24, 16)
 WARNING = "sparseseg annotations: warning: "
