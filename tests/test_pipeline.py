@@ -18,8 +18,9 @@ from sparseseg.errors import InputError
 # Small enough that a whole train runs in seconds on two cores.
 
 
-def sparse_dataset(root: Path, cases: int = 3, shape=(24, 24, 16)) -> Path:
-    """A heart phantom with labels on every 4th slice of each plane, plus one labelled test case."""
+def sparse_dataset(root: Path, cases: int = 3, shape=(24, 24, 16), step: int = 4) -> Path:
+    """A heart phantom with labels on every ``step``-th slice of each plane, plus one labelled
+    test case."""
     dense = write_phantom_dataset(root / "dense", "heart", cases, seed=3, test_cases=1, shape=shape)
     ds = Dataset.open(dense)
     out = root / "sparse"
@@ -27,7 +28,7 @@ def sparse_dataset(root: Path, cases: int = 3, shape=(24, 24, 16)) -> Path:
     for case in ds.cases("Tr"):
         image, label = ds.load_pair(case)
         keep = np.zeros(label.shape, bool)
-        keep[::4] = keep[:, ::4] = keep[:, :, ::4] = True
+        keep[::step] = keep[:, ::step] = keep[:, :, ::step] = True
         sparse = np.where(keep, label.array, ignore).astype(np.uint8)
         write_case(out, case, image, image.with_array(sparse))
     for case in ds.cases("Ts"):
