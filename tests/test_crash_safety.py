@@ -30,6 +30,7 @@ from sparseseg.fileio import KILL_AT_ENV
 
 # Checkpoints every 2 steps, so that a kill can fall in the middle of every training.
 CKPT = {"train2d.checkpoint_every": 2, "train3d.checkpoint_every": 2}
+CPU = ["--device", "cpu"]  # bitwise equality is a CPU property (CUDA kernels may not be)
 
 
 def killed(args: list, kill_at: str) -> None:
@@ -78,7 +79,7 @@ def reference_model(tmp_path_factory):
     """(dataset, args without --out, the folder of an uninterrupted train)."""
     root = tmp_path_factory.mktemp("crash_train")
     data = sparse_dataset(root)
-    args = ["train", data, "--quiet", *sets({**TINY, **CKPT})]
+    args = ["train", data, "--quiet", *CPU, *sets({**TINY, **CKPT})]
     assert main([*map(str, args), "--out", str(root / "ref")]) == 0
     return data, args, root / "ref"
 
@@ -130,7 +131,7 @@ def test_killed_overwrite_keeps_the_old_model_then_completes(reference_model, tm
 @pytest.mark.parametrize("kill_at", ["model3d.ckpt", "heart_001.nii.gz", "dataset.json#2"])
 def test_pseudolabel_killed_then_resumed_equals_an_unbroken_run(reference_model, tmp_path, kill_at):
     data, _, _ = reference_model
-    args = ["pseudolabel", data, "--quiet", *sets({**TINIER, **CKPT})]
+    args = ["pseudolabel", data, "--quiet", *CPU, *sets({**TINIER, **CKPT})]
     ref, out = tmp_path / "ref", tmp_path / "out"
     assert main([*map(str, args), "--out", str(ref)]) == 0
     killed([*args, "--out", out], kill_at)
@@ -153,7 +154,7 @@ def reference_grid(tmp_path_factory):
     """(args without --out, the folder of an uninterrupted experiment with a full run)."""
     root = tmp_path_factory.mktemp("crash_experiment")
     data = write_phantom_dataset(root / "heart", "heart", 2, seed=0, test_cases=1, shape=(24,) * 3)
-    args = ["experiment", data, "--budgets", "4", "--strategies", "eia", "--quiet"]
+    args = ["experiment", data, "--budgets", "4", "--strategies", "eia", "--quiet", *CPU]
     args += sets({**TINIER, **CKPT})
     assert main([*map(str, args), "--out", str(root / "ref")]) == 0
     return args, root / "ref"

@@ -41,10 +41,21 @@ def _after_commit(path: Path) -> None:
 
 
 def fsync_path(path: str | Path) -> None:
-    """Flush a file's or folder's content (for a folder: its entries) to disk."""
-    fd = os.open(path, os.O_RDONLY)
+    """Flush a file's or folder's content (for a folder: its entries) to disk.
+
+    A folder that cannot be flushed (a file system or OS without it) is left as it is."""
+    is_dir = os.path.isdir(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if is_dir:
+            return
+        raise
     try:
         os.fsync(fd)
+    except OSError:
+        if not is_dir:
+            raise
     finally:
         os.close(fd)
 
