@@ -170,6 +170,8 @@ def _scores(out: Path) -> list[dict]:
     [
         "model3d.ckpt",  # the full run, after 2 of its 3 steps
         "model3d.pt",  # the full run's model written, nothing else of that run
+        pytest.param("heart_002.nii.gz", marks=pytest.mark.slow),  # the full run's prediction
+        pytest.param("selection", marks=pytest.mark.slow),  # the sparse run's slices chosen
         pytest.param("meta.ckpt", marks=pytest.mark.slow),  # the sparse run's meta-model
     ],
 )
