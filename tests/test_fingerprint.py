@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -143,6 +144,7 @@ def test_train_refuses_a_model_of_another_selection(two_selections, tmp_path, ca
     stored = fingerprint.read(model)
     assert stored["labelsTr"] == fingerprint.dataset_fingerprint(Dataset.open(data_b))["labelsTr"]
     assert tree_bytes(model)["bundle.pt"] != before["bundle.pt"]
+    assert json.loads((model / "bundle.json").read_text())["extra"]["fingerprint"] == stored
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging folder left
 
 

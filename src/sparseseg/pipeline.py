@@ -35,11 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from sparseseg import distributed, output_folder
+from sparseseg import distributed, fingerprint, output_folder
 from sparseseg.data.layout import Dataset
 from sparseseg.errors import InputError
 from sparseseg.fileio import atomic_path, write_json
-from sparseseg.fingerprint import dataset_fingerprint, make, plain
 
 STATE_FILE = "pipeline.json"
 STAGE2_DIR = "stage2_pseudolabels"
@@ -174,10 +173,14 @@ def make_bundle(dataset: Dataset, model_dir: Path, preset) -> Path:
         parts=parts,
         class_names=dataset.class_names,
         preset=preset.name,
-        config=plain(preset.to_dict()),
+        config=fingerprint.plain(preset.to_dict()),
         planes=list(preset.planes),
         pl_sets=list(pl_sets(preset.planes)),
-        extra={"dataset": dataset.name, "training_cases": len(dataset.cases("Tr"))},
+        extra={
+            "dataset": dataset.name,
+            "training_cases": len(dataset.cases("Tr")),
+            "fingerprint": fingerprint.read(model_dir),  # what the model was made from
+        },
     )
     return save_bundle(bundle, model_dir)
 
@@ -288,8 +291,8 @@ def train(
     except ValueError as exc:
         raise InputError(f"bad settings: {exc}") from None
     out_dir = Path(model_dir)
-    settings = {"preset": plain(cfg.to_dict())}
-    current = make(dataset_fingerprint(dataset), settings)
+    settings = {"preset": fingerprint.plain(cfg.to_dict())}
+    current = fingerprint.make(fingerprint.dataset_fingerprint(dataset), settings)
     model_dir = distributed.run_on_main(
         lambda: output_folder.claim(out_dir, current, overwrite=overwrite, what="model folder")
     )
