@@ -119,12 +119,13 @@ def replace_dir(new: Path, path: Path) -> None:
     fsync_tree(new)
     if not (path.exists() or path.is_symlink()):
         os.replace(new, path)
-    elif path.is_dir() and not path.is_symlink() and _exchange(new, path):
-        shutil.rmtree(new)  # the old folder, now under the temporary name
     else:
         aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        os.replace(path, aside / path.name)
-        os.replace(new, path)
+        if path.is_dir() and not path.is_symlink() and _exchange(new, path):
+            os.replace(new, aside / path.name)  # the old folder, out of the way, then deleted
+        else:
+            os.replace(path, aside / path.name)
+            os.replace(new, path)
         shutil.rmtree(aside)
     fsync_path(path.parent)
     _after_commit(path)
