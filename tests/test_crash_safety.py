@@ -128,12 +128,29 @@ def test_killed_overwrite_keeps_the_old_model_then_completes(reference_model, tm
 
 
 # pseudolabel ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("kill_at", ["model3d.ckpt", "heart_001.nii.gz", "dataset.json#2"])
-def test_pseudolabel_killed_then_resumed_equals_an_unbroken_run(reference_model, tmp_path, kill_at):
+@pytest.fixture(scope="module")
+def reference_pseudolabels(reference_model, tmp_path_factory):
+    """(args without --out, the folder of an uninterrupted pseudolabel)."""
     data, _, _ = reference_model
     args = ["pseudolabel", data, "--quiet", *CPU, *sets({**TINIER, **CKPT})]
-    ref, out = tmp_path / "ref", tmp_path / "out"
+    ref = tmp_path_factory.mktemp("crash_pseudolabel") / "ref"
     assert main([*map(str, args), "--out", str(ref)]) == 0
+    return args, ref
+
+
+@pytest.mark.parametrize(
+    "kill_at",
+    [
+        "model3d.ckpt",  # the 3D base model, after 2 of its 3 steps
+        "heart_001.nii.gz",  # case 0 done, case 1 half written
+        pytest.param("dataset.json#2", marks=pytest.mark.slow),  # writing the PL datasets
+    ],
+)
+def test_pseudolabel_killed_then_resumed_equals_an_unbroken_run(
+    reference_pseudolabels, tmp_path, kill_at
+):
+    args, ref = reference_pseudolabels
+    out = tmp_path / "out"
     killed([*args, "--out", out], kill_at)
     resumed([*args, "--out", out])
     for name in ("model2d", "model3d"):
