@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+import pytest
 from tiny_preset import TINIER
 
 from sparseseg import report
@@ -29,7 +31,19 @@ def test_demo_grid_runs_scores_reports_and_skips(tmp_path):
     ra_mean = [r for r in rows if r["strategy"] == "ra" and r["class"] == "mean"]
     # s4 on three planes annotates about 3/4 of the voxels' worth of pixels
     assert all(0.5 < r["annotated_fraction"] < 0.8 for r in ra_mean)
-    assert all(0.0 <= r["dice"] <= 1.0 for r in ra_mean if r["dice"] is not None)
+    # Each model's mean row averages its class rows, and the rows are the run's own test scores.
+    scored = json.loads((out / "runs" / "ra-s4-seed0" / "model" / "report.json").read_text())
+    assert {r["model"] for r in ra_mean} == set(scored["parts"])
+    for r in ra_mean:
+        per_class = [
+            x["dice"]
+            for x in rows
+            if (x["strategy"], x["model"]) == ("ra", r["model"])
+            and x["class"] != "mean"
+            and x["dice"] is not None
+        ]
+        assert r["dice"] == pytest.approx(np.mean(per_class), abs=1e-5)  # the CSV keeps 6 digits
+        assert r["dice"] == pytest.approx(scored["parts"][r["model"]]["mean_dice"], abs=1e-5)
     cases = report.read_rows(out / "cases.csv")
     assert len({r["case"] for r in cases}) == 2
     assert "RA+ST" in paths["tables.md"].read_text()

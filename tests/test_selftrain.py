@@ -56,18 +56,30 @@ def test_nn_fit_picks_the_set_closest_to_the_output():
 
 
 def test_valid_mask_restricts_the_comparison():
-    # Set 0 matches inside the mask, set 1 matches only outside it.
+    # Set 0 matches the output on the 3 voxels inside the mask and misses the 5 outside; set 1
+    # misses the 3 inside and matches the 5 outside: over all voxels set 1 is closer, inside the
+    # mask set 0 is.
     out = torch.zeros(1, 8, dtype=torch.long)
     valid = torch.zeros(1, 8, dtype=torch.bool)
-    valid[0, :4] = True
+    valid[0, :3] = True
     set0 = out.clone()
-    set0[0, 4:] = 1
-    set1 = torch.ones(1, 8, dtype=torch.long)
-    set1[0, 4:] = 0
+    set0[0, 3:] = 1
+    set1 = 1 - set0
     targets = torch.stack([set0, set1], 1)
     logits = one_hot_logits(out, 2)
-    assert nearest_sets(ce_per_set(logits, targets)).tolist() in ([0], [1])  # 4 v 4 errors
-    assert nearest_sets(ce_per_set(logits, targets, valid)).tolist() == [0]
+    hit, miss = ce_per_set(logits[:, :, :1], torch.tensor([[[0], [1]]]))[0]  # one voxel's CE
+    ce = ce_per_set(logits, targets)
+    expected = torch.stack([3 * hit + 5 * miss, 5 * hit + 3 * miss]) / 8
+    assert torch.allclose(ce[0], expected, atol=1e-6)
+    assert nearest_sets(ce).tolist() == [1]
+    masked = ce_per_set(logits, targets, valid)
+    assert torch.allclose(masked[0], torch.stack([hit, miss]), atol=1e-6)
+    assert nearest_sets(masked).tolist() == [0]
+    # A tie goes to the lower index: 4 misses each.
+    tie = torch.stack(
+        [torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1]]), torch.tensor([[1] * 4 + [0] * 4])], 1
+    )
+    assert nearest_sets(ce_per_set(logits, tie)).tolist() == [0]
     none = torch.zeros_like(valid)
     assert torch.equal(ce_per_set(logits, targets, none), torch.zeros(1, 2))
 

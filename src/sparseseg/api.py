@@ -128,6 +128,7 @@ def train(
     overrides: Sequence[str] | Mapping[str, Any] | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | None = None,
     progress: bool = True,
     report: bool = True,
@@ -136,7 +137,8 @@ def train(
     """Steps II and III into the model folder ``out``; like ``sparseseg train``.
 
     ``overrides``: preset fields, e.g. ``{"meta.stage1_iterations": 200}``. Finished stages are
-    skipped on a rerun; ``resume`` continues an interrupted one. Returns the pipeline state (the
+    skipped on a rerun into a folder made from the same data and settings (another is refused
+    unless ``overwrite``); ``resume`` continues an interrupted one. Returns the pipeline state (the
     content of ``out/pipeline.json``: settings and each stage's status), with the test-split
     scores of every model part under 'report' when the dataset has labelled test cases.
     """
@@ -149,6 +151,7 @@ def train(
         preset,
         overrides,
         resume=resume,
+        overwrite=overwrite,
         device=device,
         progress=progress,
         report=report,

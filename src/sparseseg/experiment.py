@@ -5,6 +5,8 @@ For each strategy, budget and seed the runner selects slices on the training spl
 every model part on the test split: the self-trained meta-model (RA+ST), the sparse 3D DVN and the
 2D FCN per plane. Once per seed it also trains the 3D DVN on the dense labels (full supervision).
 
+    OUT/fingerprint.json                    what OUT was made from (sparseseg.fingerprint)
+    OUT/runs/NAME/fingerprint.json          what each run was made from
     OUT/runs/STRATEGY-sK-seedS/selection/   selection.json and the simulated sparse dataset
     OUT/runs/STRATEGY-sK-seedS/model/       the trained model folder (see sparseseg.pipeline)
     OUT/runs/STRATEGY-sK-seedS/result.json  its rows; present only once the run is complete
@@ -15,7 +17,9 @@ every model part on the test split: the self-trained meta-model (RA+ST), the spa
     OUT/tables.md, OUT/fig5.png             paper-style table and budget plot
     OUT/comparisons.md                      paired RA vs EIA and +ST vs base differences
 
-A run whose ``result.json`` exists is skipped, so a grid can be built up over several calls.
+A run whose ``result.json`` exists is skipped, so a grid can be built up over several calls, as
+long as the data, preset, planes and extractor stay the same (another dataset or other settings
+are refused unless ``overwrite``; see :mod:`sparseseg.output_folder`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from sparseseg import report
+from sparseseg import fingerprint, output_folder, report
 from sparseseg.data.layout import Dataset
 from sparseseg.errors import InputError
 from sparseseg.fileio import write_json, write_text
@@ -103,6 +107,7 @@ def sparse_run(
     planes: str,
     extractor: str,
     feature_cache: Path,
+    resume: bool,
     device: str | None,
     progress: bool,
     log: Callable[[str], None],
@@ -139,7 +144,7 @@ def sparse_run(
         run_dir / "model",
         preset,
         {**seed_overrides(seed), **overrides},
-        resume=True,
+        resume=resume,
         device=device,
         progress=progress,
         verbose=False,
@@ -173,6 +178,7 @@ def full_run(
     preset: str,
     overrides: dict,
     *,
+    resume: bool,
     device: str | None,
     progress: bool,
     log: Callable[[str], None],
@@ -199,16 +205,17 @@ def full_run(
             dataset.num_classes,  # dense labels: only padding carries the ignore value
             cfg,
             run_dir / "model3d.ckpt",
-            resume=True,
+            resume=resume,
             device=device,
             progress=progress,
         )
-        save_model(model_file, model, "densevoxnet", cfg.model3d, extra={"preset": cfg.name})
-        # training time across interruptions, as the loop counts it
+        # training time across interruptions, as the loop counts it; saved in the model file so
+        # that the model and its time are committed together
         seconds = history[-1]["time"] if history else time.perf_counter() - t0
-        (run_dir / "seconds.txt").write_text(f"{seconds:.1f}\n")
-    seconds = float((run_dir / "seconds.txt").read_text())
-    model, _ = load_model(model_file)
+        extra = {"preset": cfg.name, "train_seconds": round(float(seconds), 1)}
+        save_model(model_file, model, "densevoxnet", cfg.model3d, extra=extra)
+    model, saved = load_model(model_file)
+    seconds = saved["extra"]["train_seconds"]
     pred_dir = run_dir / "predictions"
     from sparseseg.data.io import write_nifti
     from sparseseg.inference import predict_volume_3d
@@ -327,6 +334,8 @@ def run_experiment(
     planes: str | None = None,
     extractor: str = "vgg",
     full: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
     device: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -334,6 +343,11 @@ def run_experiment(
     """Run (or complete) the grid; return the paths of the written tables and figure.
 
     ``planes``: the planes to annotate, e.g. 'xy'; by default those of the preset's 2D model.
+    An existing ``out`` is completed only if it was made from the same data (both splits,
+    dataset.json), preset, planes and extractor (its fingerprint; budgets, strategies and seeds
+    may change: the grid grows); else InputError, unless ``overwrite`` (then it is replaced once
+    the new grid is complete). Each run's folder records its own fingerprint too. ``resume``
+    continues interrupted trainings from their checkpoints.
     """
     dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
     if dataset.ignore_value is not None:
@@ -358,22 +372,47 @@ def run_experiment(
     except ValueError as exc:
         raise InputError(f"bad settings: {exc}") from None
     planes = planes or ",".join(cfg.planes)
-    jobs: list[tuple[str, Callable[[Path], dict]]] = []
+    data = fingerprint.dataset_fingerprint(dataset)
+    settings = {
+        "preset": fingerprint.plain(cfg.to_dict()),
+        "planes": planes,
+        "extractor": extractor,
+    }
+    work = output_folder.claim(
+        out,
+        fingerprint.make(data, settings),
+        overwrite=overwrite,
+        what="experiment folder",
+    )
+    jobs: list[tuple[str, dict, Callable[[Path], dict]]] = []
     for seed in seeds:
+        seeded_cfg = get_preset(preset, {**seed_overrides(seed), **overrides})
+        seeded = {"preset": fingerprint.plain(seeded_cfg.to_dict())}
         if full:
             jobs.append(
                 (
                     f"full-seed{seed}",
+                    {**seeded, "run": "full", "seed": seed},
                     lambda d, s=seed: full_run(
-                        dataset, d, s, preset, overrides, device=device, progress=progress, log=log
+                        dataset,
+                        d,
+                        s,
+                        preset,
+                        overrides,
+                        resume=resume,
+                        device=device,
+                        progress=progress,
+                        log=log,
                     ),
                 )
             )
         for budget in budgets:
             for strategy in strategies:
+                run = {"strategy": strategy, "budget": budget, "seed": seed}
                 jobs.append(
                     (
                         run_name(strategy, budget, seed),
+                        {**seeded, **run, "planes": planes, "extractor": extractor},
                         lambda d, st=strategy, b=budget, s=seed: sparse_run(
                             dataset,
                             d,
@@ -384,7 +423,8 @@ def run_experiment(
                             overrides,
                             planes=planes,
                             extractor=extractor,
-                            feature_cache=out / "features",
+                            feature_cache=work / "features",
+                            resume=resume,
                             device=device,
                             progress=progress,
                             log=log,
@@ -394,18 +434,23 @@ def run_experiment(
     if not jobs:
         raise InputError("nothing to run: give at least one budget and strategy, or drop --no-full")
     results = []
-    for i, (name, job) in enumerate(jobs, 1):
-        run_dir = out / "runs" / name
+    for i, (name, settings, job) in enumerate(jobs, 1):
+        run_dir = output_folder.claim(
+            work / "runs" / name,
+            fingerprint.make(data, settings),
+            overwrite=False,
+            what="experiment run folder",
+        )
         done = run_dir / "result.json"
         if done.exists():
             log(f"[{i}/{len(jobs)}] {name}: done already, skipped")
         else:
             log(f"[{i}/{len(jobs)}] {name}: running")
-            run_dir.mkdir(parents=True, exist_ok=True)
             write_json(done, report_safe(job(run_dir)))
         results.append(json.loads(done.read_text()))
-        paths = write_outputs(out, results, budgets)  # tables stay current while a grid runs
-    return paths
+        paths = write_outputs(work, results, budgets)  # tables stay current while a grid runs
+    output_folder.commit(work, out)
+    return {name: out / path.relative_to(work) for name, path in paths.items()}
 
 
 def report_safe(result: dict) -> dict:

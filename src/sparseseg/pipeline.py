@@ -3,6 +3,7 @@
 The pipeline owns the model folder. Each stage leaves its artifacts there and is recorded as done
 in ``MODEL/pipeline.json`` only once they are all written (atomically)::
 
+    MODEL/fingerprint.json            what the folder was made from (sparseseg.fingerprint)
     MODEL/pipeline.json               settings, dataset, and each stage's status and time
     MODEL/stage2_pseudolabels/        Step II (see :mod:`sparseseg.pseudolabels`): base models,
                                       checkpoints, the four PL sets, A(Y)
@@ -15,7 +16,9 @@ in ``MODEL/pipeline.json`` only once they are all written (atomically)::
 
 Rerunning skips finished stages. ``resume=True`` continues an interrupted stage from its last
 checkpoint (without it an interrupted training starts again); a kill loses at most the work since
-the last checkpoint. Running again with other settings into the same folder is refused.
+the last checkpoint. Running again with other data (labels, images, dataset.json) or other
+settings into the same folder is refused, unless ``overwrite`` replaces it (see
+:mod:`sparseseg.output_folder`: the old model stays in place until the new one is complete).
 
 Under torchrun (see :mod:`sparseseg.distributed`) every rank runs every stage: training with DDP,
 pseudo-labels and test predictions split by case; rank 0 alone writes the stage records, the
@@ -32,8 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from sparseseg import distributed
-from sparseseg.config import preset_from_dict
+from sparseseg import distributed, fingerprint, output_folder
 from sparseseg.data.layout import Dataset
 from sparseseg.errors import InputError
 from sparseseg.fileio import atomic_path, write_json
@@ -44,11 +46,6 @@ STAGE3_DIR = "stage3_meta"
 TEST_DIR = "test_predictions"
 REPORT_FILE = "report.json"
 STAGES = ("pseudolabels", "meta", "bundle", "report")
-
-
-def _plain(obj: Any) -> Any:
-    """JSON round trip: tuples become lists, so settings compare equal to what was stored."""
-    return json.loads(json.dumps(obj))
 
 
 def read_state(model_dir: str | Path) -> dict:
@@ -68,35 +65,6 @@ def stage_done(state: dict, stage: str) -> bool:
 def _mark(model_dir: Path, state: dict, stage: str, **info) -> None:
     state.setdefault("stages", {})[stage] = {"done": True, **info}
     distributed.run_on_main(lambda: write_json(model_dir / STATE_FILE, state))
-
-
-def _check_same_run(model_dir: Path, state: dict, dataset: Dataset, preset_dict: dict) -> dict:
-    """The stored state, or a fresh one; InputError if MODEL holds a run with other settings."""
-    fresh = {
-        "dataset": str(dataset.root.resolve()),
-        "class_names": dataset.class_names,
-        "preset": preset_dict,
-        "stages": {},
-    }
-    if not state:
-        return fresh
-    path = model_dir / STATE_FILE
-    # Fields added to the presets since the folder was written take their defaults.
-    stored = _plain(preset_from_dict(state["preset"]).to_dict()) if state.get("preset") else {}
-    if stored != preset_dict:
-        changed = sorted(k for k in preset_dict if stored.get(k) != preset_dict.get(k))
-        raise InputError(
-            f"this model folder was trained with other settings (differs in {', '.join(changed)});"
-            " use another --out, or the same preset and --set options",
-            path,
-        )
-    if state.get("class_names") != dataset.class_names:
-        raise InputError(
-            f"this model folder was trained on classes {state.get('class_names')}, the dataset "
-            f"has {dataset.class_names}; use another --out",
-            path,
-        )
-    return {**fresh, "stages": state.get("stages", {})}
 
 
 def meta_cases(dataset: Dataset, stage2_dir: str | Path, sets: Sequence[str]) -> list[dict]:
@@ -205,10 +173,14 @@ def make_bundle(dataset: Dataset, model_dir: Path, preset) -> Path:
         parts=parts,
         class_names=dataset.class_names,
         preset=preset.name,
-        config=_plain(preset.to_dict()),
+        config=fingerprint.plain(preset.to_dict()),
         planes=list(preset.planes),
         pl_sets=list(pl_sets(preset.planes)),
-        extra={"dataset": dataset.name, "training_cases": len(dataset.cases("Tr"))},
+        extra={
+            "dataset": dataset.name,
+            "training_cases": len(dataset.cases("Tr")),
+            "fingerprint": fingerprint.read(model_dir),  # what the model was made from
+        },
     )
     return save_bundle(bundle, model_dir)
 
@@ -289,6 +261,7 @@ def train(
     overrides: list[str] | dict[str, Any] | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | None = None,
     progress: bool = True,
     report: bool = True,
@@ -300,6 +273,11 @@ def train(
     :func:`sparseseg.config.get_preset`.
     With ``report`` and a labelled test split, the test cases are predicted by every part and
     scored (MODEL/report.json, also under the state's 'report' key).
+    An existing ``model_dir`` is continued only if it was made from the same data and settings
+    (its fingerprint: the training and test splits, dataset.json and the resolved preset); else
+    InputError, unless ``overwrite`` (then it is replaced once the new model is complete; see
+    :mod:`sparseseg.output_folder`). ``resume`` continues interrupted training from its
+    checkpoints.
     """
     from sparseseg.config import get_preset
     from sparseseg.pseudolabels import run_step2
@@ -312,11 +290,16 @@ def train(
         cfg = get_preset(preset, overrides)
     except ValueError as exc:
         raise InputError(f"bad settings: {exc}") from None
-    model_dir = Path(model_dir)
-    if model_dir.exists() and not model_dir.is_dir():
-        raise InputError("--out must be a folder", model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    state = _check_same_run(model_dir, read_state(model_dir), dataset, _plain(cfg.to_dict()))
+    out_dir = Path(model_dir)
+    settings = {"preset": fingerprint.plain(cfg.to_dict())}
+    current = fingerprint.make(fingerprint.dataset_fingerprint(dataset), settings)
+    model_dir = distributed.run_on_main(
+        lambda: output_folder.claim(out_dir, current, overwrite=overwrite, what="model folder")
+    )
+    state = read_state(model_dir) or {"stages": {}}
+    state.update(
+        {"dataset": str(dataset.root.resolve()), "class_names": dataset.class_names, **settings}
+    )
     distributed.run_on_main(lambda: write_json(model_dir / STATE_FILE, state))
 
     def stage(name: str, fn: Callable[[], dict]) -> None:
@@ -344,7 +327,7 @@ def train(
 
     def bundle() -> dict:
         path = distributed.run_on_main(lambda: make_bundle(dataset, model_dir, cfg))
-        return {"file": str(path)}
+        return {"file": str(out_dir / path.relative_to(model_dir))}
 
     stage("bundle", bundle)
     if report and dataset.has_labels("Ts"):
@@ -355,10 +338,11 @@ def train(
             except InputError as exc:  # e.g. sparse test labels: the model itself is fine
                 say(f"report: not written ({exc})")
                 return {"skipped": str(exc)}
-            return {"file": str(model_dir / REPORT_FILE)}
+            return {"file": str(out_dir / REPORT_FILE)}
 
         stage("report", scores)
-        report_path = model_dir / REPORT_FILE
-        if report_path.exists():
-            state["report"] = json.loads(report_path.read_text())
+    distributed.run_on_main(lambda: output_folder.commit(model_dir, out_dir))
+    report_path = out_dir / REPORT_FILE
+    if report and report_path.exists():
+        state["report"] = json.loads(report_path.read_text())
     return state

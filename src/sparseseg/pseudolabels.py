@@ -9,6 +9,8 @@ On disk, under ``OUT`` (each file written atomically; rerunning skips what exist
                                            images), labelsTr/CASE (dense labels 0..C-1)
     OUT/mean/CASE.nii.gz                   A(Y): mean of the one-hot PL sets, float32 (X, Y, Z, C)
     OUT/step2.json                         summary: preset, classes, cases, training histories
+    OUT/fingerprint.json                   what OUT was made from (``pseudolabel`` only; see
+                                           sparseseg.fingerprint)
 
 Every PL keeps the manual label wherever the voxel was annotated (label != ignore). All NIfTI files
 carry the source image's affine. Images are z-scored per volume before training and inference.
@@ -34,7 +36,7 @@ from sparseseg.config import Preset
 from sparseseg.data.io import read_nifti, write_nifti
 from sparseseg.data.layout import Dataset, write_dataset_json
 from sparseseg.errors import InputError
-from sparseseg.fileio import write_json
+from sparseseg.fileio import atomic_path, write_json
 
 PL_SETS = ("xy", "xz", "yz", "3d")
 MODEL2D, MODEL3D = "model2d", "model3d"
@@ -232,8 +234,10 @@ def train_base_models(
         }
 
         def write(name=name, model=model, kind=kind, cfg=cfg) -> None:
-            save_model(paths[name], model, kind, cfg, extra={"preset": preset.name})
+            # the history first: a kill between the two retrains the model (same result) and
+            # rewrites it, where the other order would leave a model without its history
             _write_summary(out_dir, dataset, preset, summary)
+            save_model(paths[name], model, kind, cfg, extra={"preset": preset.name})
 
         distributed.run_on_main(write)
     return paths
@@ -314,15 +318,12 @@ def _case_done(out_dir: Path, case: str, ending: str, sets: Sequence[str]) -> bo
 def _link_or_copy(src: Path, dst: Path) -> None:
     if dst.exists():
         return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    if tmp.exists():
+    with atomic_path(dst) as tmp:
         tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
 
 
 def generate_pseudolabels(
@@ -406,6 +407,36 @@ def run_step2(
     summary["pseudolabel_seconds_last_run"] = round(time.perf_counter() - t1, 1)
     summary["training_seconds_last_run"] = round(t1 - t0, 1)
     distributed.run_on_main(lambda: _write_summary(out_dir, dataset, preset, summary))
+    return summary
+
+
+def pseudolabel(
+    dataset: Dataset | str | Path,
+    out_dir: str | Path,
+    preset: Preset,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """:func:`run_step2` into an output folder of its own (``sparseseg pseudolabel``).
+
+    An existing ``out_dir`` is continued only if it was made from the same training split,
+    dataset.json and resolved preset (its fingerprint); else InputError, unless ``overwrite``
+    (then it is replaced once the new output is complete; see :mod:`sparseseg.output_folder`).
+    """
+    from sparseseg import output_folder
+    from sparseseg.fingerprint import dataset_fingerprint, make, plain
+
+    dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
+    out_dir = Path(out_dir)
+    current = make(dataset_fingerprint(dataset, ("Tr",)), {"preset": plain(preset.to_dict())})
+    work = distributed.run_on_main(
+        lambda: output_folder.claim(out_dir, current, overwrite=overwrite, what="output folder")
+    )
+    summary = run_step2(dataset, work, preset, resume=resume, device=device, progress=progress)
+    distributed.run_on_main(lambda: output_folder.commit(work, out_dir))
     return summary
 
 

@@ -263,6 +263,7 @@ def train_meta(
     round_len = int(mcfg.nnfit_round_iterations or max(1, s2 // 5))
     cfg = dataclasses.replace(mcfg.train, iterations=s1 + s2)
     ignore = int(num_classes)  # padding only: PL sets are dense
+    torch.manual_seed(cfg.seed)  # the initial weights follow the seed, not what ran before
     model = build_meta(mcfg, num_classes)
     sampler = MetaSampler(
         cases,

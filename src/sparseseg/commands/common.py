@@ -22,6 +22,27 @@ def add_preset_arguments(parser: argparse.ArgumentParser, example: str) -> None:
     )
 
 
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--resume`` and ``--overwrite``, with one meaning for train, pseudolabel and experiment.
+
+    An existing --out is reused (finished parts skipped) only if it was made from the same data
+    and settings; otherwise the command stops, unless --overwrite.
+    """
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue interrupted training from its last checkpoint (finished parts of --out "
+        "are reused whenever it was made from the same data and settings; without --resume an "
+        "interrupted training starts again)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it exists, even if made from other data or settings (the old "
+        "one stays in place until the new one is complete)",
+    )
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, resume_help: str | None = None) -> None:
     """``--resume`` (when ``resume_help`` is given), ``--device`` and ``--quiet``."""
     if resume_help is not None:

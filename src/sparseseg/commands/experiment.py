@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from sparseseg.commands.common import add_preset_arguments, add_run_arguments
+from sparseseg.commands.common import (
+    add_output_arguments,
+    add_preset_arguments,
+    add_run_arguments,
+)
 
 HELP = "simulate sparse annotation from dense labels and reproduce the paper's study"
 
@@ -35,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-full", action="store_true", help="skip the fully supervised reference"
     )
+    add_output_arguments(parser)
     add_run_arguments(parser)
 
 
@@ -57,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         planes=args.planes,
         extractor=args.extractor,
         full=not args.no_full,
+        resume=args.resume,
+        overwrite=args.overwrite,
         device=args.device,
         progress=not args.quiet,
     )

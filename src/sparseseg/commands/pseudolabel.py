@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from sparseseg.commands.common import add_preset_arguments, add_run_arguments
+from sparseseg.commands.common import (
+    add_output_arguments,
+    add_preset_arguments,
+    add_run_arguments,
+)
 
 HELP = "train the sparse 2D and 3D base models and write the four pseudo-label sets (Step II)"
 
@@ -13,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", metavar="DATASET", help="dataset folder with sparse labels")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     add_preset_arguments(parser, "train3d.iterations=200")
-    add_run_arguments(parser, "continue interrupted training from its checkpoint")
+    add_output_arguments(parser)
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from sparseseg.config import get_preset
     from sparseseg.data.layout import Dataset
     from sparseseg.errors import InputError
-    from sparseseg.pseudolabels import pl_dir, pl_sets, run_step2
+    from sparseseg.pseudolabels import pl_dir, pl_sets, pseudolabel
 
     try:
         preset = get_preset(args.preset, args.overrides)
@@ -29,11 +34,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"bad --set: {exc}") from None
     dataset = Dataset.open(args.dataset)
     with distributed.session(args.device) as device:  # joins torchrun's group, if any
-        summary = run_step2(
+        summary = pseudolabel(
             dataset,
             args.out,
             preset,
             resume=args.resume,
+            overwrite=args.overwrite,
             device=str(device),
             progress=not args.quiet and distributed.is_main(),
         )

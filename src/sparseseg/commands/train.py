@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from sparseseg.commands.common import add_preset_arguments, add_run_arguments
+from sparseseg.commands.common import (
+    add_output_arguments,
+    add_preset_arguments,
+    add_run_arguments,
+)
 
 HELP = (
     "train the base models, pseudo-labels and self-trained meta-model from sparse labels "
@@ -26,11 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip predicting and scoring the test split (done when labelsTs exists)",
     )
-    add_run_arguments(
-        parser,
-        "continue an interrupted stage from its last checkpoint (finished stages are always "
-        "skipped)",
-    )
+    add_output_arguments(parser)
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
             args.preset,
             args.overrides,
             resume=args.resume,
+            overwrite=args.overwrite,
             device=str(device),
             progress=not args.quiet and distributed.is_main(),
             report=not args.no_report,

@@ -179,14 +179,14 @@ def fit(
         state = load_checkpoint(path, map_location=device)
         model.load_state_dict(state["model"])
         history = list(state.get("history", []))
+        for name, obj in (extra_state or {}).items():  # a finished run's too (e.g. NN-fit's log)
+            if name in state.get("extra", {}):
+                obj.load_state_dict(state["extra"][name])
         if state.get("done"):
             return history
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and "scaler" in state:
             scaler.load_state_dict(state["scaler"])
-        for name, obj in (extra_state or {}).items():
-            if name in state.get("extra", {}):
-                obj.load_state_dict(state["extra"][name])
         per_rank = state.get("rng_ranks")
         _set_rng_state(per_rank[rank] if per_rank and len(per_rank) == world else state["rng"])
         start, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
