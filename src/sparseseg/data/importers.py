@@ -197,7 +197,7 @@ def load_image(path: Path, spacing=(1.0, 1.0, 1.0), channel: int | None = None) 
         array = array.astype(np.float32)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise InputError("image overflows float32 (infinite values)", path)
-    return Volume(array, vol.affine, vol.name)
+    return vol.with_array(array)
 
 
 def load_label(path: Path, spacing=(1.0, 1.0, 1.0)) -> Volume:
@@ -211,7 +211,7 @@ def load_label(path: Path, spacing=(1.0, 1.0, 1.0)) -> Volume:
         array = rounded
     elif not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
         raise InputError(f"label volume has unsupported type {array.dtype}", path)
-    return Volume(array.astype(np.int64), vol.affine, vol.name)
+    return vol.with_array(array.astype(np.int64))
 
 
 def _label_storage(array: np.ndarray) -> np.ndarray:
@@ -264,9 +264,7 @@ def write_cases(
                 raise InputError("negative label values", item.label)
             seen.update(np.unique(label.array).tolist())
             split = "Ts" if item.case in test else "Tr"
-            write_case(
-                tmp, item.case, image, Volume(_label_storage(label.array), image.affine), split
-            )
+            write_case(tmp, item.case, image, image.with_array(_label_storage(label.array)), split)
             (summary.test if split == "Ts" else summary.train).append(item.case)
             summary.shapes.append(image.shape)
             summary.spacings.append(image.spacing)

@@ -1,8 +1,10 @@
 """Read and write volumes: NIfTI, PNG/TIFF slice folders and multi-page TIFF.
 
-Every reader returns a :class:`Volume` with shape (X, Y, Z). Slice stacks (one 2D image per
-section) are stacked along Z, so a section is an xy slice. Problems raise :class:`InputError`
-naming the file.
+Every reader returns a :class:`Volume` with shape (X, Y, Z). NIfTI volumes come in closest
+canonical (RAS) orientation, and :func:`write_nifti` writes a volume derived from them back in the
+source orientation with the source header's geometry (see :mod:`sparseseg.data.orientation`).
+Slice stacks (one 2D image per section) are stacked along Z, so a section is an xy slice.
+Problems raise :class:`InputError` naming the file.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from sparseseg.data.orientation import nifti_like_source, to_canonical
 from sparseseg.data.volume import Volume, affine_from_spacing
 from sparseseg.errors import InputError
 from sparseseg.fileio import atomic_path
@@ -56,7 +59,8 @@ def check_volume(array: np.ndarray, path: str | Path, *, finite: bool = True) ->
 def read_nifti(
     path: str | Path, *, dtype: np.dtype | None = None, channel: int | None = None
 ) -> Volume:
-    """Read a 3D NIfTI file. ``dtype`` casts the data (labels: an integer type).
+    """Read a 3D NIfTI file in closest canonical orientation. ``dtype`` casts the data (labels:
+    an integer type).
 
     ``channel`` picks one volume of a 4D (X, Y, Z, C) file, such as a multi-modal MSD image.
     """
@@ -84,15 +88,34 @@ def read_nifti(
                 raise InputError("label volume holds non-integer values", path)
             array = rounded
         array = array.astype(dtype, copy=False)
-    return Volume(array, np.asarray(img.affine, dtype=np.float64), strip_nifti_suffix(path.name))
+    header = img.header.copy() if isinstance(img.header, nib.Nifti1Header) else None
+    array, affine, source = to_canonical(array, img.affine, header)
+    return Volume(array, affine, strip_nifti_suffix(path.name), source)
 
 
-def write_nifti(path: str | Path, volume: Volume | np.ndarray, affine: np.ndarray | None = None):
-    """Write a NIfTI file atomically, keeping the affine (from ``volume`` or ``affine``)."""
+def write_nifti(
+    path: str | Path,
+    volume: Volume | np.ndarray,
+    affine: np.ndarray | None = None,
+    *,
+    like: Volume | None = None,
+):
+    """Write a NIfTI file atomically.
+
+    ``volume``: a :class:`Volume`, or an array (X, Y, Z[, C]) on the grid of ``like`` (a loaded
+    volume) or of ``affine``. A volume read from a file (``volume.source`` or ``like.source``)
+    goes back to that file's orientation, affine and header geometry (qform/sform and their
+    codes, pixdim, units); otherwise the array is written as it is with its affine in both the
+    qform and the sform (code 1).
+    """
+    source = None
     if isinstance(volume, Volume):
-        array, affine = volume.array, volume.affine if affine is None else affine
+        array, source = volume.array, volume.source
+        affine = volume.affine if affine is None else affine
     else:
         array = volume
+        if like is not None:
+            affine, source = like.affine, like.source
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
     array = np.asarray(array)
     if array.dtype == np.bool_:
@@ -100,9 +123,12 @@ def write_nifti(path: str | Path, volume: Volume | np.ndarray, affine: np.ndarra
     if array.dtype == np.int64:  # NIfTI-1 readers handle int64 poorly: store the narrowest fit
         small = array.min(initial=0) >= 0 and array.max(initial=0) <= 255
         array = array.astype(np.uint8 if small else np.int32)
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
+    if source is not None:
+        img = nifti_like_source(array, source)
+    else:
+        img = nib.Nifti1Image(array, affine)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
 

@@ -24,8 +24,11 @@ Case = Mapping[str, np.ndarray]
 
 
 def zscore(image: np.ndarray, eps: float = 1e-8) -> np.ndarray:
-    """Per-volume z-scoring: (image - mean) / std over all voxels, as float32."""
+    """Per-volume z-scoring: (image - mean) / std over all voxels, as float32; an image
+    (C, X, Y, Z) is z-scored per channel."""
     image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 4:
+        return np.stack([zscore(channel, eps) for channel in image])
     mean, std = float(image.mean()), float(image.std())
     return (image - mean) / max(std, eps)
 
