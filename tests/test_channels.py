@@ -151,10 +151,11 @@ def test_selection_and_simulated_labels_use_both_channels(tmp_path):
     case = Dataset.open(root).cases("Tr")[0]
     assert sel.cases[case].shape == (24, 24, 16)
     assert [len(v) for v in sel.chosen(case).values()] == [4, 6, 6]
-    out = write_selection(
-        sel, tmp_path / "sel", simulate_from_labels=False, sheets=True, tsne=False
-    )
-    assert (out / "masks" / f"{case}.nii.gz").exists()
+    out = write_selection(sel, tmp_path / "sel", simulate_from_labels=True, tsne=False)
+    assert (out / "masks" / f"{case}.nii.gz").exists() and (out / "sheets" / f"{case}.png").exists()
+    sparse = Dataset.open(out / "dataset")
+    assert sparse.num_channels == 2
+    assert sparse.load_image(case).shape == (2, 24, 24, 16)
 
 
 def test_combined_channel_features_average_the_per_channel_similarities():
