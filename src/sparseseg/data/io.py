@@ -57,12 +57,13 @@ def check_volume(array: np.ndarray, path: str | Path, *, finite: bool = True) ->
 
 
 def read_nifti(
-    path: str | Path, *, dtype: np.dtype | None = None, channel: int | None = None
+    path: str | Path, *, dtype: np.dtype | None = None, channel: int | str | None = None
 ) -> Volume:
     """Read a 3D NIfTI file in closest canonical orientation. ``dtype`` casts the data (labels:
     an integer type).
 
-    ``channel`` picks one volume of a 4D (X, Y, Z, C) file, such as a multi-modal MSD image.
+    ``channel`` picks one volume of a 4D (X, Y, Z, C) file, such as a multi-modal MSD image;
+    ``channel='all'`` reads every one, as a Volume (C, X, Y, Z).
     """
     path = Path(path)
     if not path.exists():
@@ -72,15 +73,22 @@ def read_nifti(
         array = np.asarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InputError(f"cannot read NIfTI ({_reason(exc, path)})", path) from None
-    if channel is not None and array.ndim == 4:
+    every = channel == "all"
+    if every:
+        if array.ndim != 4:
+            raise InputError(f"expected a 4D multi-channel image, got shape {array.shape}", path)
+        for c in range(array.shape[3]):
+            check_volume(array[..., c], path)
+    elif channel is not None and array.ndim == 4:
         if not 0 <= channel < array.shape[3]:
             raise InputError(f"channel {channel} not in a 4D image of shape {array.shape}", path)
         array = array[..., channel]
     elif channel not in (None, 0) and array.ndim == 3:
         raise InputError(f"channel {channel} asked for, but the image is 3D", path)
-    if array.ndim == 4 and array.shape[3] == 1:
+    if array.ndim == 4 and array.shape[3] == 1 and not every:
         array = array[..., 0]
-    check_volume(array, path)
+    if not every:
+        check_volume(array, path)
     if dtype is not None:
         if np.issubdtype(np.dtype(dtype), np.integer) and np.issubdtype(array.dtype, np.floating):
             rounded = np.rint(array)
@@ -90,6 +98,8 @@ def read_nifti(
         array = array.astype(dtype, copy=False)
     header = img.header.copy() if isinstance(img.header, nib.Nifti1Header) else None
     array, affine, source = to_canonical(array, img.affine, header)
+    if every:
+        array = np.ascontiguousarray(np.moveaxis(array, 3, 0))
     return Volume(array, affine, strip_nifti_suffix(path.name), source)
 
 
