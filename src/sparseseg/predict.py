@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from sparseseg.bundle import Bundle, load_bundle
-from sparseseg.data.io import is_nifti, read_nifti, strip_nifti_suffix, write_nifti
-from sparseseg.data.volume import Volume
+from sparseseg.data.io import is_nifti, strip_nifti_suffix, write_nifti
+from sparseseg.data.layout import read_channels
 from sparseseg.errors import InputError
 
 PARTS = ("meta", "3d", "xy", "xz", "yz")
@@ -267,24 +267,6 @@ def group_channels(files: Sequence[Path], channels: int) -> dict[str, list[Path]
 
 def _nifti_suffix(path: Path) -> str:
     return ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
-
-
-def read_channels(files: Sequence[Path]) -> Volume:
-    """The channel files of one case -> a Volume (X, Y, Z) float32, or (C, X, Y, Z) for C > 1,
-    in canonical orientation; InputError if a channel is not on the grid of the first."""
-    from dataclasses import replace
-
-    from sparseseg.data.layout import check_same_geometry
-
-    first = read_nifti(files[0], dtype=np.float32)
-    if len(files) == 1:
-        return first
-    arrays = [first.array]
-    for file in files[1:]:
-        other = read_nifti(file, dtype=np.float32)
-        check_same_geometry(first, other, file, what="channel")
-        arrays.append(other.array)
-    return replace(first, array=np.stack(arrays))
 
 
 def list_inputs(input_path: str | Path) -> list[Path]:

@@ -183,21 +183,7 @@ class Dataset:
     def load_image(self, case: str, split: str = "Tr") -> Volume:
         """The image as float32: (X, Y, Z) with one channel, (C, X, Y, Z) with C > 1 (every
         channel file, each checked to be on the grid of CASE_0000)."""
-        first, *others = self.image_paths(case, split)
-        vol = read_nifti(first, dtype=np.float32)
-        if not others:
-            return replace(vol, name=case)
-        arrays = [vol.array]
-        for path in others:
-            if not path.exists():
-                raise InputError(
-                    f"channel file missing (dataset.json declares {self.num_channels} channels)",
-                    path,
-                )
-            other = read_nifti(path, dtype=np.float32)
-            check_same_geometry(vol, other, path, what="channel")
-            arrays.append(other.array)
-        return replace(vol, array=np.stack(arrays), name=case)
+        return replace(read_channels(self.image_paths(case, split)), name=case)
 
     def load_label(self, case: str, split: str = "Tr", image: Volume | None = None) -> Volume:
         """The label map as int16 (X, Y, Z), checked against the declared labels and the image."""
@@ -211,6 +197,22 @@ class Dataset:
     def load_pair(self, case: str, split: str = "Tr") -> tuple[Volume, Volume]:
         image = self.load_image(case, split)
         return image, self.load_label(case, split, image)
+
+
+def read_channels(paths: list[Path]) -> Volume:
+    """The channel files of one case (CASE_0000 first) -> float32 (X, Y, Z) for one file,
+    (C, X, Y, Z) for C; InputError for a missing channel file or one off the grid of the first."""
+    first = read_nifti(paths[0], dtype=np.float32)
+    if len(paths) == 1:
+        return first
+    arrays = [first.array]
+    for path in paths[1:]:
+        if not Path(path).exists():
+            raise InputError(f"channel file missing (the case has {len(paths)} channels)", path)
+        other = read_nifti(path, dtype=np.float32)
+        check_same_geometry(first, other, path, what="channel")
+        arrays.append(other.array)
+    return replace(first, array=np.stack(arrays))
 
 
 def check_declared_labels(labels: dict[str, int], path: str | Path) -> None:
