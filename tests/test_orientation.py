@@ -162,6 +162,16 @@ def test_selection_masks_and_sparse_labels_are_right_in_the_source_orientation(t
         assert (m[:, :, n] == 1).all()
 
 
+def test_evaluation_compares_the_same_grid_stored_in_two_orientations(tmp_path):
+    from sparseseg.evaluation import evaluate
+
+    _, label = anatomy()
+    save(tmp_path / "gt" / "c.nii.gz", *stored(label, "ras"))
+    save(tmp_path / "pred" / "c.nii.gz", *stored(label, "lps"))
+    scores = evaluate(tmp_path / "pred", tmp_path / "gt")
+    assert scores["cases"]["c"]["classes"]["1"]["dice"] == pytest.approx(1.0)
+
+
 def test_predictions_are_written_in_the_source_orientation(tmp_path):
     from test_predict import tiny_bundle
 

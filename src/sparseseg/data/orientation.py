@@ -82,6 +82,16 @@ def to_canonical(
     return out, new_affine, source
 
 
+def canonical_geometry(
+    shape: tuple[int, int, int], affine: np.ndarray
+) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The spatial shape and affine that :func:`to_canonical` gives, from a header alone."""
+    transform = ornt_lib.io_orientation(np.asarray(affine, dtype=np.float64))
+    new_affine = np.asarray(affine, dtype=np.float64) @ ornt_lib.inv_ornt_aff(transform, shape)
+    order = np.argsort(transform[:, 0])
+    return tuple(int(shape[i]) for i in order), new_affine
+
+
 def nifti_like_source(array: np.ndarray, source: SourceGeometry) -> nib.Nifti1Image:
     """A NIfTI-1 image of a canonical ``array`` (X, Y, Z[, C]) in the source's orientation, with
     the source affine, qform and sform (codes included), voxel sizes, units and dim_info.
