@@ -188,3 +188,48 @@ def test_predictions_are_written_in_the_source_orientation(tmp_path):
     assert int(out.header["sform_code"]) == 2
     expected = Predictor(tmp_path / "m", device="cpu").predict(image)["meta"].labels
     np.testing.assert_array_equal(np.asarray(out.dataobj), stored(expected, "sagittal")[0])
+
+
+@pytest.mark.slow
+def test_a_dataset_stored_lps_trains_and_predicts_exactly_as_stored_ras(tmp_path):
+    import shutil
+
+    from tiny_preset import TINIER
+
+    from sparseseg import api
+    from sparseseg.data.phantom import write_phantom_dataset
+
+    ras = write_phantom_dataset(
+        tmp_path / "ras", "heart", 2, seed=2, test_cases=1, shape=(24, 24, 16)
+    )
+    lps = tmp_path / "lps"
+    shutil.copytree(ras, lps)
+    for f in lps.rglob("*.nii.gz"):
+        img = nib.load(f)
+        raw = np.asarray(img.dataobj)
+        save(f, raw[::-1, ::-1].copy(), img.affine @ flip_matrix((0, 1), raw.shape))
+    for ds in (ras, lps):
+        api.select(
+            ds, 4, out=tmp_path / f"sel_{ds.name}", simulate_from_labels=True, extractor="intensity"
+        )
+        api.train(
+            tmp_path / f"sel_{ds.name}" / "dataset",
+            tmp_path / f"m_{ds.name}",
+            "cpu",
+            TINIER,
+            progress=False,
+        )
+        api.predict(
+            tmp_path / f"m_{ds.name}",
+            ds / "imagesTs",
+            out=tmp_path / f"p_{ds.name}",
+            progress=False,
+        )
+    for f in sorted((tmp_path / "p_ras").glob("*.nii.gz")):
+        other = nib.load(tmp_path / "p_lps" / f.name)
+        np.testing.assert_allclose(
+            other.affine, nib.load(lps / "imagesTs" / f"{f.name[:-7]}_0000.nii.gz").affine
+        )
+        np.testing.assert_array_equal(
+            np.asarray(other.dataobj)[::-1, ::-1], np.asarray(nib.load(f).dataobj)
+        )
