@@ -139,7 +139,7 @@ def test_dataset_missing_a_channel_file_is_a_clear_error(tmp_path):
     case = Dataset.open(root).cases("Tr")[0]
     (root / "imagesTr" / f"{case}_0001.nii.gz").unlink()
     with pytest.raises(InputError, match="channel file missing") as info:
-        Dataset.open(root).load_image(case)
+        Dataset.open(root)
     assert f"{case}_0001.nii.gz" in str(info.value)
 
 

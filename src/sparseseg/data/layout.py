@@ -8,9 +8,10 @@
 
 As nnU-Net requires, the class values of ``labels`` are consecutive, 0..C-1, and a label named
 ``ignore`` (unannotated voxels) has the highest value, so the sparse and pseudo labels written
-here train nnU-Net as they are. :meth:`Dataset.open` checks dataset.json; every label file is
-checked against it when it is read (each file is read once; a value not declared is an
-InputError naming the file and the values, before any training starts).
+here train nnU-Net as they are. :meth:`Dataset.open` checks dataset.json and that every case
+has all its channel files; every label file is checked against dataset.json when it is read
+(each file is read once; a value not declared is an InputError naming the file and the values,
+before any training starts).
 """
 
 from __future__ import annotations
@@ -117,6 +118,15 @@ class Dataset:
         dataset = cls(root, meta)
         if not dataset.cases("Tr") and not dataset.cases("Ts"):
             raise InputError("dataset has no cases in imagesTr or imagesTs", root)
+        for split in SPLITS:  # every channel file of every case (names only; cheap)
+            for case in dataset.cases(split):
+                for path in dataset.image_paths(case, split)[1:]:
+                    if not path.exists():
+                        raise InputError(
+                            f"channel file missing (dataset.json declares "
+                            f"{dataset.num_channels} channels)",
+                            path,
+                        )
         return dataset
 
     # Labels -----------------------------------------------------------------------------------
