@@ -260,8 +260,8 @@ def compute_pseudolabels(
     *,
     device: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """The PLs of one z-scored image (X, Y, Z): ``{name: uint8 (X, Y, Z)}`` for each name in
-    :func:`pl_sets` of ``preset.planes`` (all four by default).
+    """The PLs of one z-scored image (X, Y, Z) or (C, X, Y, Z): ``{name: uint8 (X, Y, Z)}`` for
+    each name in :func:`pl_sets` of ``preset.planes`` (all four by default).
 
     The 2D model runs over every slice of each of its planes. Where ``manual`` is given and !=
     ``ignore_index``, the manual label replaces the prediction.
