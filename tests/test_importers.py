@@ -197,11 +197,14 @@ def test_msd_single_modality(tmp_path):
     ds.load_pair(ds.cases("Tr")[0])
 
 
-def test_msd_multimodal_needs_a_channel(tmp_path):
+def test_msd_multimodal_imports_every_channel_or_one(tmp_path):
     task = make_msd(tmp_path / "Task01_Toy", modalities=("FLAIR", "T1w"))
-    with pytest.raises(InputError, match=r"2 channels \(0: FLAIR, 1: T1w\); choose one"):
-        import_msd(task, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    import_msd(task, tmp_path / "all")
+    ds = Dataset.open(tmp_path / "all")
+    assert ds.meta["channel_names"] == {"0": "FLAIR", "1": "T1w"} and ds.num_channels == 2
+    image, _ = ds.load_pair("toy_000")
+    assert image.shape == (2, 6, 5, 4)
+    assert image.array[1].mean() - image.array[0].mean() > 5  # channel 1 is offset by 10
     import_msd(task, tmp_path / "out", channel=1)
     ds = Dataset.open(tmp_path / "out")
     assert ds.meta["channel_names"] == {"0": "T1w"}

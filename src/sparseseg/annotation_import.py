@@ -27,7 +27,6 @@ from sparseseg.annotations import (
     to_image_grid,
     undeclared_values,
 )
-from sparseseg.data.io import nifti_geometry
 from sparseseg.data.layout import IGNORE, Dataset
 from sparseseg.data.painted import painted_case, read_painted
 from sparseseg.data.volume import Volume
@@ -158,18 +157,23 @@ def painted_classes(path: Path, classes: dict[str, int], image_affine, image_sha
 
 def _annotate(
     ds: Dataset, selection: Selection, case: str, path: Path, keep_extra: bool
-) -> tuple[CaseAnnotation, np.ndarray]:
-    """One case's sparse labels from its painted file, and the image's affine."""
-    image_path = ds.image_path(case)
-    shape, affine = nifti_geometry(image_path)
+) -> tuple[CaseAnnotation, Volume]:
+    """One case's sparse labels from its painted file (canonical orientation), and the image.
+
+    Selections index slices of the canonical orientation; the painted map is brought onto the
+    image's canonical grid through the affines, and written back in the image file's
+    orientation by the dataset writer.
+    """
+    image = ds.load_image(case)
+    shape = tuple(image.shape[-3:])
     if shape != tuple(selection.cases[case].shape):
         raise InputError(
             f"image shape {shape} differs from the selection's {selection.cases[case].shape}",
-            image_path,
+            ds.image_path(case),
         )
-    array = painted_classes(path, ds.class_labels, affine, shape)
+    array = painted_classes(path, ds.class_labels, image.affine, shape)
     ignore = sparse_labels(ds)[IGNORE]
-    return sparse_from_painted(array, selection.chosen(case), ignore, keep_extra), affine
+    return sparse_from_painted(array, selection.chosen(case), ignore, keep_extra), image
 
 
 def import_annotations(
@@ -228,8 +232,8 @@ def import_annotations(
         cases[case] = annotation
 
     def sparse_label(case: str) -> Volume:
-        annotation, affine = _annotate(ds, sel, case, files[case], keep_extra)
-        return Volume(annotation.labels, affine)
+        annotation, image = _annotate(ds, sel, case, files[case], keep_extra)
+        return image.with_array(annotation.labels)
 
     chosen = {case: a.chosen for case, a in cases.items()}
     with atomic_dir(out, overwrite=overwrite) as tmp:

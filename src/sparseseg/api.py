@@ -173,8 +173,9 @@ def predict(
     """Segment images with a trained model folder; like ``sparseseg predict``.
 
     ``images`` a NIfTI file or folder (written to ``out``; returns ``{case: {part: path}}``), or
-    an (X, Y, Z) array or Volume (returns ``{part: Prediction}`` with ``labels`` uint8 (X, Y, Z)
-    and, with ``probabilities``, float32 (C, X, Y, Z); nothing is written). ``parts``: 'meta'
+    an (X, Y, Z) array or Volume, (C, X, Y, Z) for a model trained on C channels (returns
+    ``{part: Prediction}`` with ``labels`` uint8 (X, Y, Z) and, with ``probabilities``, float32
+    (C, X, Y, Z); nothing is written). ``parts``: 'meta'
     (default), base models alone ('3d', 'xy', 'xz', 'yz'), several, or 'all' (the meta-model,
     the 3D model and the 2D model along each plane it was trained on).
     """

@@ -77,6 +77,12 @@ class Bundle:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def num_channels(self) -> int:
+        """Image channels the models read (1 for bundles that do not record it)."""
+        part = self.parts.get("3d") or self.parts.get("2d")
+        return int(part.kwargs.get("in_channels", 1)) if part is not None else 1
+
     def build(self, part: str):
         """Network ``part`` ('2d', '3d' or 'meta') in eval mode; InputError if it can't be built."""
         if part not in self.parts:

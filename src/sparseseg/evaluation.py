@@ -29,6 +29,7 @@ import numpy as np
 from sparseseg import metrics
 from sparseseg.data.io import is_nifti, read_nifti, strip_nifti_suffix
 from sparseseg.data.layout import SPLITS, Dataset, check_label_values
+from sparseseg.data.orientation import canonical_geometry
 from sparseseg.data.volume import spacing_from_affine
 from sparseseg.errors import InputError
 from sparseseg.fileio import write_json
@@ -69,7 +70,9 @@ def _nifti_files(folder: Path, what: str) -> dict[str, Path]:
 
 
 def _header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
-    """Shape (3D) and affine of a NIfTI file without reading its voxels."""
+    """Shape (3D) and affine of a NIfTI file without reading its voxels, in the closest
+    canonical orientation in which the voxels are read (so files that store the same grid in
+    other axis orders compare equal)."""
     try:
         img = nib.load(str(path))
         shape = tuple(int(s) for s in img.shape)
@@ -80,7 +83,7 @@ def _header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
         shape = shape[:3]
     if len(shape) != 3:
         raise InputError(f"expected a 3D label volume, got shape {shape}", path)
-    return shape, affine
+    return canonical_geometry(shape, affine)
 
 
 class _GroundTruth:

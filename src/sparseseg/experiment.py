@@ -187,7 +187,6 @@ def full_run(
     from sparseseg.config import get_preset
     from sparseseg.evaluation import evaluate
     from sparseseg.models import load_model, save_model
-    from sparseseg.predict import case_name
     from sparseseg.pseudolabels import load_training_cases, train_model3d
     from sparseseg.training.sampling import zscore
 
@@ -220,8 +219,7 @@ def full_run(
     from sparseseg.data.io import write_nifti
     from sparseseg.inference import predict_volume_3d
 
-    for path in sorted((dataset.root / "imagesTs").glob(f"*{dataset.file_ending}")):
-        case = case_name(path)
+    for case in dataset.cases("Ts"):
         out = pred_dir / f"{case}{dataset.file_ending}"
         if out.exists():
             continue

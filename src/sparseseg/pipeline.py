@@ -137,7 +137,10 @@ def run_meta_stage(
     def write() -> None:
         with atomic_path(meta_weights_path(model_dir)) as tmp:
             torch.save(
-                {"kwargs": meta_kwargs(preset.meta, dataset.num_classes), "state_dict": weights},
+                {
+                    "kwargs": meta_kwargs(preset.meta, dataset.num_classes, dataset.num_channels),
+                    "state_dict": weights,
+                },
                 tmp,
             )
         write_json(stage_dir / "selftrain.json", log_data)

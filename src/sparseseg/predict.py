@@ -1,6 +1,7 @@
 """Segment new volumes with a trained bundle: base models -> A(Y) -> meta-model.
 
-For one image (X, Y, Z): z-score it; run the 2D base model over every slice of the xy, xz and yz
+For one image (X, Y, Z), or (C, X, Y, Z) for a model trained on C channels: z-score it (per
+channel); run the 2D base model over every slice of the xy, xz and yz
 planes and the 3D base model by sliding window, turning each prediction into hard labels at once
 and adding its one-hot encoding to a running count (uint8, C x X x Y x Z), so at most one
 C-channel float volume is alive at a time; A(Y) = count / 4, exactly as the pseudo-label mean of
@@ -16,12 +17,15 @@ too costs nothing extra; without it only the requested base models run.
 Outputs (:func:`predict_files`): ``OUT/CASE.nii.gz`` label maps (uint8) with the source affine,
 or ``OUT/PART/CASE.nii.gz`` for several parts; with probabilities also
 ``.../probabilities/CASE.nii.gz`` (float32 X, Y, Z, C). CASE is the file name without the NIfTI
-suffix and without nnU-Net's ``_0000`` channel suffix, so ``sparseseg evaluate`` matches it to
-``labelsTs/CASE.nii.gz``.
+suffix and without nnU-Net's ``_XXXX`` channel suffix, so ``sparseseg evaluate`` matches it to
+``labelsTs/CASE.nii.gz``. In a folder the files ``CASE_0000``, ``CASE_0001``, ... are the channels
+of one case (nnU-Net's naming); a model trained on C channels needs all C of every case. Outputs
+are written in each input's own orientation, with its affine and header geometry.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from sparseseg.bundle import Bundle, load_bundle
-from sparseseg.data.io import is_nifti, read_nifti, strip_nifti_suffix, write_nifti
+from sparseseg.data.io import is_nifti, strip_nifti_suffix, write_nifti
+from sparseseg.data.layout import read_channels
 from sparseseg.errors import InputError
 
 PARTS = ("meta", "3d", "xy", "xz", "yz")
@@ -108,6 +113,7 @@ class Predictor:
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"bundle config is invalid ({exc})", self.bundle.source) from None
         self.num_classes = self.bundle.num_classes
+        self.num_channels = self.bundle.num_channels
         self.pl_sets = tuple(self.bundle.pl_sets)
         self._models: dict = {}
 
@@ -124,19 +130,26 @@ class Predictor:
         probabilities: bool = False,
         step: Callable[[str], None] | None = None,
     ) -> dict[str, Prediction]:
-        """Predict ``parts`` for one raw image (X, Y, Z); ``step(name)`` is called after each
-        model run (for progress bars)."""
+        """Predict ``parts`` for one raw image (X, Y, Z), or (C, X, Y, Z) with the model's C
+        channels; ``step(name)`` is called after each model run (for progress bars)."""
         from sparseseg.inference import predict_planes_2d, predict_volume_3d
         from sparseseg.training.sampling import zscore
 
         inf = self.preset.inference
         tick = step or (lambda _name: None)
         image = np.asarray(image)
-        if image.ndim != 3:
-            raise ValueError(f"expected an (X, Y, Z) image, got shape {image.shape}")
+        cin = self.num_channels
+        if image.ndim == 4 and image.shape[0] == 1 == cin:
+            image = image[0]
+        if image.ndim != 3 + (cin > 1) or (cin > 1 and image.shape[0] != cin):
+            expected = "(X, Y, Z)" if cin == 1 else f"({cin}, X, Y, Z)"
+            raise InputError(
+                f"the model was trained on {cin} channel(s): expected an image {expected}, "
+                f"got shape {image.shape}"
+            )
         x = zscore(image)
         c = self.num_classes
-        counts = np.zeros((c, *x.shape), dtype=np.uint8)
+        counts = np.zeros((c, *x.shape[-3:]), dtype=np.uint8)
         out: dict[str, Prediction] = {}
         common = dict(device=self.device, precision=self.precision)
         runs = runs_needed(parts, self.pl_sets)
@@ -173,11 +186,11 @@ class Predictor:
             del probs, labels
             tick("3d")
         if "meta" in parts:
-            inputs = np.empty((1 + c, *x.shape), dtype=np.float32)
-            inputs[0] = x
+            inputs = np.empty((cin + c, *x.shape[-3:]), dtype=np.float32)
+            inputs[:cin] = x.reshape(cin, *x.shape[-3:])
             del x
             for k in range(c):
-                np.multiply(counts[k], np.float32(1.0 / len(self.pl_sets)), out=inputs[1 + k])
+                np.multiply(counts[k], np.float32(1.0 / len(self.pl_sets)), out=inputs[cin + k])
             del counts
             probs = predict_volume_3d(
                 self.model("meta"),
@@ -194,10 +207,66 @@ class Predictor:
         return {p: out[p] for p in PARTS if p in out}
 
 
+def split_channel(path: str | Path) -> tuple[str, int | None]:
+    """'imagesTs/heart_012_0001.nii.gz' -> ('heart_012', 1); a name without nnU-Net's four-digit
+    channel suffix -> (name, None)."""
+    name = strip_nifti_suffix(Path(path).name)
+    match = re.fullmatch(r"(.+)_(\d{4})", name)
+    return (match[1], int(match[2])) if match else (name, None)
+
+
 def case_name(path: str | Path) -> str:
     """'imagesTs/heart_012_0000.nii.gz' -> 'heart_012'."""
-    name = strip_nifti_suffix(Path(path).name)
-    return name[:-5] if name.endswith("_0000") else name
+    return split_channel(path)[0]
+
+
+def group_channels(files: Sequence[Path], channels: int) -> dict[str, list[Path]]:
+    """``{case: [channel 0 file, channel 1 file, ...]}`` from NIfTI ``files`` named CASE_XXXX.
+
+    A file without a channel suffix is a one-channel case. InputError (naming the file) for a
+    missing or unexpected channel, as the model reads exactly ``channels`` channels.
+    """
+    groups: dict[str, dict[int | None, Path]] = {}
+    for file in files:
+        case, channel = split_channel(file)
+        if channel in groups.setdefault(case, {}):
+            raise InputError(
+                f"several images map to case {case!r}, channel {channel}: "
+                f"{groups[case][channel].name} and {file.name}",
+                file,
+            )
+        groups[case][channel] = file
+    out = {}
+    for case, found in groups.items():
+        first = next(iter(found.values()))
+        if None in found:
+            if len(found) > 1 or channels > 1:
+                raise InputError(
+                    f"the model reads {channels} channel(s), named CASE_0000, CASE_0001, ...; "
+                    "this file has no channel suffix",
+                    found[None],
+                )
+            out[case] = [found[None]]
+            continue
+        extra = sorted(c for c in found if c >= channels)
+        if extra:
+            raise InputError(
+                f"channel {extra[0]} of case {case!r}, but the model reads {channels} channel(s)",
+                found[extra[0]],
+            )
+        missing = [c for c in range(channels) if c not in found]
+        if missing:
+            name = f"{case}_{missing[0]:04d}{_nifti_suffix(first)}"
+            raise InputError(
+                f"channel file missing: the model reads {channels} channels, {name} not found",
+                first.parent / name,
+            )
+        out[case] = [found[c] for c in range(channels)]
+    return out
+
+
+def _nifti_suffix(path: Path) -> str:
+    return ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
 
 
 def list_inputs(input_path: str | Path) -> list[Path]:
@@ -207,10 +276,6 @@ def list_inputs(input_path: str | Path) -> list[Path]:
         files = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p.name))
         if not files:
             raise InputError("no NIfTI images (.nii, .nii.gz) in folder", path)
-        names = [case_name(p) for p in files]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise InputError(f"several images map to the same case name: {dupes}", path)
         return files
     if not path.exists():
         raise InputError("input not found", path)
@@ -248,23 +313,28 @@ def predict_files(
 
     from sparseseg import distributed
 
-    all_files = list_inputs(input_path)
-    files = distributed.shard(all_files)
     predictor = Predictor(model, device=device, precision=precision)
+    path = Path(input_path)
+    listed = list_inputs(path)
+    if not path.is_dir() and predictor.num_channels > 1:  # one file: its sibling channels too
+        case = case_name(path)
+        listed = sorted(p for p in list_inputs(path.parent) if case_name(p) == case)
+    groups = group_channels(listed, predictor.num_channels)
+    all_cases = list(groups)
+    cases = distributed.shard(all_cases)
     parts = parse_parts(parts, trained_parts(predictor.bundle))
     out_dir = Path(out_dir)
     several = len(parts) > 1
     runs_per_case = len(runs_needed(parts, predictor.pl_sets))
     written: dict[str, dict[str, Path]] = {}
     bar = tqdm(
-        total=len(files) * runs_per_case,
+        total=len(cases) * runs_per_case,
         desc="predict",
         unit="model",
         disable=not progress or not distributed.is_main(),
     )
     try:
-        for file in files:
-            case = case_name(file)
+        for case in cases:
             targets = {p: output_paths(out_dir, case, p, several) for p in parts}
             if not overwrite and all(
                 t[0].exists() and (t[1].exists() or not probabilities) for t in targets.values()
@@ -273,20 +343,20 @@ def predict_files(
                 bar.update(runs_per_case)
                 continue
             bar.set_postfix(case=case, refresh=False)
-            volume = read_nifti(file, dtype=np.float32)
+            volume = read_channels(groups[case])
             result = predictor.predict(
                 volume.array, parts, probabilities=probabilities, step=lambda _n: bar.update(1)
             )
             for part, pred in result.items():
                 label_path, prob_path = targets[part]
-                write_nifti(label_path, pred.labels, volume.affine)
+                write_nifti(label_path, pred.labels, like=volume)
                 if probabilities and pred.probabilities is not None:
-                    write_nifti(prob_path, np.moveaxis(pred.probabilities, 0, -1), volume.affine)
+                    write_nifti(prob_path, np.moveaxis(pred.probabilities, 0, -1), like=volume)
             written[case] = {p: t[0] for p, t in targets.items()}
             del result, volume
     finally:
         bar.close()
     if distributed.world_size() > 1:
         merged = {k: v for part in distributed.all_gather_object(written) for k, v in part.items()}
-        written = {case_name(f): merged[case_name(f)] for f in all_files}
+        written = {case: merged[case] for case in all_cases}
     return written

@@ -83,7 +83,8 @@ def training_ignore_index(dataset: Dataset) -> int:
 
 
 def load_training_cases(dataset: Dataset, split: str = "Tr") -> list[dict[str, np.ndarray]]:
-    """``[{'image': z-scored float32 (X, Y, Z), 'label': int16 (X, Y, Z)}]`` for every case."""
+    """``[{'image': z-scored float32 (X, Y, Z) or (C, X, Y, Z), 'label': int16 (X, Y, Z)}]`` for
+    every case (z-scored per channel)."""
     from sparseseg.training.sampling import zscore
 
     if not dataset.has_labels(split):
@@ -263,8 +264,8 @@ def compute_pseudolabels(
     *,
     device: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """The PLs of one z-scored image (X, Y, Z): ``{name: uint8 (X, Y, Z)}`` for each name in
-    :func:`pl_sets` of ``preset.planes`` (all four by default).
+    """The PLs of one z-scored image (X, Y, Z) or (C, X, Y, Z): ``{name: uint8 (X, Y, Z)}`` for
+    each name in :func:`pl_sets` of ``preset.planes`` (all four by default).
 
     The 2D model runs over every slice of each of its planes. Where ``manual`` is given and !=
     ``ignore_index``, the manual label replaces the prediction.
@@ -362,16 +363,15 @@ def generate_pseudolabels(
             for name, pl in pls.items():
                 write_nifti(pl_path(out_dir, name, case, ending), image.with_array(pl))
             ay = mean_one_hot(pls, dataset.num_classes)
-            write_nifti(mean_path(out_dir, case, ending), np.moveaxis(ay, 0, -1), image.affine)
+            write_nifti(mean_path(out_dir, case, ending), np.moveaxis(ay, 0, -1), like=image)
     distributed.barrier()
 
     def write_datasets() -> None:
         for name in sets:
             root = pl_dir(out_dir, name)
             for case in cases:
-                _link_or_copy(
-                    dataset.image_path(case), root / "imagesTr" / dataset.image_path(case).name
-                )
+                for image_path in dataset.image_paths(case):
+                    _link_or_copy(image_path, root / "imagesTr" / image_path.name)
             write_dataset_json(
                 root,
                 dataset.class_labels,
@@ -454,15 +454,19 @@ def read_pseudolabels(
 
 
 def read_mean_map(out_dir: str | Path, case: str) -> np.ndarray:
-    """A(Y) of one case as float32 (C, X, Y, Z) (stored as (X, Y, Z, C))."""
+    """A(Y) of one case as float32 (C, X, Y, Z) in canonical orientation (stored as (X, Y, Z, C)
+    in the source orientation)."""
     import nibabel as nib
+
+    from sparseseg.data.orientation import to_canonical
 
     path = mean_path(out_dir, case)
     if not path.exists():
         path = mean_path(out_dir, case, ".nii")
     if not path.exists():
         raise InputError("mean pseudo-label map not found", path)
-    data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    img = nib.load(str(path))
+    data, _, _ = to_canonical(np.asarray(img.dataobj, dtype=np.float32), img.affine)
     return np.ascontiguousarray(np.moveaxis(data, -1, 0))
 
 

@@ -138,10 +138,13 @@ class NNFitCheckpoint:
 def meta_case(image: np.ndarray, mean_map: np.ndarray, pls: Sequence[np.ndarray]) -> dict:
     """One training sample of the meta-model.
 
-    image: z-scored (X, Y, Z); mean_map: A(Y) (C, X, Y, Z); pls: the K PL sets (X, Y, Z) each.
-    Returns {'image': float32 (1 + C, X, Y, Z), 'targets': uint8 (K, X, Y, Z)}.
+    image: z-scored (X, Y, Z) or (Cin, X, Y, Z); mean_map: A(Y) (C, X, Y, Z); pls: the K PL
+    sets (X, Y, Z) each. Returns {'image': float32 (Cin + C, X, Y, Z), 'targets': uint8
+    (K, X, Y, Z)}.
     """
-    x = np.concatenate([np.asarray(image, np.float32)[None], np.asarray(mean_map, np.float32)])
+    image = np.asarray(image, np.float32)
+    image = image if image.ndim == 4 else image[None]
+    x = np.concatenate([image, np.asarray(mean_map, np.float32)])
     return {"image": np.ascontiguousarray(x), "targets": np.stack(pls).astype(np.uint8)}
 
 
@@ -151,7 +154,8 @@ class MetaSampler:
     Each sample: a case drawn uniformly, a random crop of ``patch`` with flips on ``flip_axes`` and
     axial quarter turns (the same transform for image, A(Y) and all K PL sets; padding carries
     ``ignore_index``), and a PL set drawn uniformly (the stage-1 target). Batch keys: 'image'
-    (B, 1 + C, *patch) float32, 'targets' (B, K, *patch) int64, 'case' (B,) and 'random' (B,) int64.
+    (B, Cin + C, *patch) float32, 'targets' (B, K, *patch) int64, 'case' (B,) and 'random' (B,)
+    int64.
     """
 
     def __init__(
@@ -248,7 +252,8 @@ def train_meta(
 ) -> MetaTrainResult:
     """Two-stage self-training of the Y-shaped meta-model (see the module doc).
 
-    ``cases``: from :func:`meta_case`. ``preset.meta`` gives the model, the training settings
+    ``cases``: from :func:`meta_case` (the image channels are the input channels beyond the C of
+    A(Y)). ``preset.meta`` gives the model, the training settings
     (``train``: batch, patch, lr, poly schedule over both stages), ``stage1_iterations``,
     ``stage2_iterations``, ``switch_threshold`` and ``nnfit_round_iterations`` (iterations
     between NN-fit choices; default a fifth of stage 2). One run of the shared training loop
@@ -264,7 +269,7 @@ def train_meta(
     cfg = dataclasses.replace(mcfg.train, iterations=s1 + s2)
     ignore = int(num_classes)  # padding only: PL sets are dense
     torch.manual_seed(cfg.seed)  # the initial weights follow the seed, not what ran before
-    model = build_meta(mcfg, num_classes)
+    model = build_meta(mcfg, num_classes, int(cases[0]["image"].shape[0]) - int(num_classes))
     sampler = MetaSampler(
         cases,
         cfg.patch,

@@ -28,7 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("msd", help="a Medical Segmentation Decathlon task folder")
     p.add_argument("src", metavar="TASK", help="task folder with dataset.json, imagesTr, labelsTr")
     p.add_argument("out", metavar="OUT", help="dataset folder to create")
-    p.add_argument("--channel", type=int, default=None, help="channel of 4D multi-modal images")
+    p.add_argument(
+        "--channel",
+        type=int,
+        default=None,
+        help="import only this channel of 4D multi-modal images "
+        "(default: every channel, as CASE_0000, CASE_0001, ...)",
+    )
     _common(p)
 
     p = sub.add_parser("hvsmr2016", help="HVSMR 2016 training_axial_crop_patN(-label).nii.gz files")

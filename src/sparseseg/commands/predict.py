@@ -10,7 +10,10 @@ HELP = "segment NIfTI images with a trained model (base models -> A(Y) -> meta-m
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model folder from `sparseseg train`")
     parser.add_argument(
-        "input", metavar="INPUT", help="a NIfTI image or a folder of them (e.g. DATASET/imagesTs)"
+        "input",
+        metavar="INPUT",
+        help="a NIfTI image or a folder of them (e.g. DATASET/imagesTs); CASE_0000, CASE_0001, "
+        "... are the channels of one case",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the label maps")
     parser.add_argument(

@@ -4,8 +4,9 @@ Four sources:
 
 - ``pairs``: an images folder and a labels folder with matching file names (NIfTI or TIFF stacks).
 - ``msd``: a Medical Segmentation Decathlon task folder (``dataset.json``, ``imagesTr``,
-  ``labelsTr``); multi-modal (4D) images need a ``channel``. MSD's unlabelled ``imagesTs`` is
-  not imported (a test split here is for scoring, so it needs labels).
+  ``labelsTr``); multi-modal (4D) images become one file per channel (``CASE_0000``,
+  ``CASE_0001``, ...), or one chosen ``channel``. MSD's unlabelled ``imagesTs`` is not imported
+  (a test split here is for scoring, so it needs labels).
 - ``hvsmr2016``: ``training_axial_crop_patN.nii.gz`` with ``training_axial_crop_patN-label.nii.gz``
   (labels 0 background, 1 myocardium, 2 blood pool).
 - ``em_stack``: one serial-section stack (slice folder in numeric order, multi-page TIFF or
@@ -189,15 +190,16 @@ def _read(path: Path, spacing, channel: int | None = None) -> Volume:
     return read_volume(path, spacing)
 
 
-def load_image(path: Path, spacing=(1.0, 1.0, 1.0), channel: int | None = None) -> Volume:
-    """An image volume ready to store: 3D, finite, float32 unless a 16/32-bit integer type."""
+def load_image(path: Path, spacing=(1.0, 1.0, 1.0), channel: int | str | None = None) -> Volume:
+    """An image volume ready to store: 3D (or (C, X, Y, Z) with ``channel='all'``), finite,
+    float32 unless a 16/32-bit integer type."""
     vol = _read(Path(path), spacing, channel)
     array = vol.array
     if not any(array.dtype == t for t in KEEP_IMAGE_DTYPES):
         array = array.astype(np.float32)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise InputError("image overflows float32 (infinite values)", path)
-    return Volume(array, vol.affine, vol.name)
+    return vol.with_array(array)
 
 
 def load_label(path: Path, spacing=(1.0, 1.0, 1.0)) -> Volume:
@@ -211,7 +213,7 @@ def load_label(path: Path, spacing=(1.0, 1.0, 1.0)) -> Volume:
         array = rounded
     elif not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
         raise InputError(f"label volume has unsupported type {array.dtype}", path)
-    return Volume(array.astype(np.int64), vol.affine, vol.name)
+    return vol.with_array(array.astype(np.int64))
 
 
 def _label_storage(array: np.ndarray) -> np.ndarray:
@@ -256,6 +258,12 @@ def write_cases(
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for item in cases:
             image = load_image(item.image, spacing, channel)
+            if channel == "all" and image.array.shape[0] != len(channel_names or {}):
+                raise InputError(
+                    f"{image.array.shape[0]} channels, dataset.json declares "
+                    f"{len(channel_names or {})}",
+                    item.image,
+                )
             label = load_label(item.label, spacing)
             check_same_geometry(image, label, item.label)
             if labels is not None:
@@ -264,11 +272,9 @@ def write_cases(
                 raise InputError("negative label values", item.label)
             seen.update(np.unique(label.array).tolist())
             split = "Ts" if item.case in test else "Tr"
-            write_case(
-                tmp, item.case, image, Volume(_label_storage(label.array), image.affine), split
-            )
+            write_case(tmp, item.case, image, image.with_array(_label_storage(label.array)), split)
             (summary.test if split == "Ts" else summary.train).append(item.case)
-            summary.shapes.append(image.shape)
+            summary.shapes.append(image.shape[-3:])
             summary.spacings.append(image.spacing)
         if labels is None:
             top = max(seen)
@@ -368,7 +374,11 @@ def import_msd(
     seed: int = 0,
     overwrite: bool = False,
 ) -> ImportSummary:
-    """Import a Decathlon task folder (``dataset.json``, ``imagesTr``, ``labelsTr``)."""
+    """Import a Decathlon task folder (``dataset.json``, ``imagesTr``, ``labelsTr``).
+
+    Multi-modal (4D) images are imported with every channel (``CASE_0000``, ``CASE_0001``, ...,
+    named by the task's ``modality``), or only ``channel``.
+    """
     task = Path(task)
     meta_path = task / "dataset.json"
     if not task.is_dir():
@@ -384,25 +394,26 @@ def import_msd(
     labels = msd_labels(meta.get("labels"), meta_path)
     modality = meta.get("modality") or meta.get("channel_names") or {"0": "image"}
     modality = {str(k): str(v) for k, v in dict(modality).items()}
-    if len(modality) > 1 and channel is None:
-        listing = ", ".join(f"{k}: {v}" for k, v in sorted(modality.items()))
-        raise InputError(
-            f"images have {len(modality)} channels ({listing}); choose one with --channel",
-            meta_path,
-        )
     if channel is not None and str(channel) not in modality:
         raise InputError(f"channel {channel} is not one of {sorted(modality)}", meta_path)
-    name = modality[str(channel if channel is not None else 0)] if modality else "image"
+    if sorted(modality) != [str(i) for i in range(len(modality))]:
+        raise InputError(
+            "'modality' must map the channel numbers '0', '1', ... to names", meta_path
+        )
+    if len(modality) > 1 and channel is None:  # every channel, in nnU-Net's channel files
+        channel_names = {str(i): modality[str(i)] for i in range(len(modality))}
+    else:
+        channel_names = {"0": modality[str(channel if channel is not None else 0)]}
     cases = _msd_cases(task, meta, meta_path)
     _, test = split_cases([c.case for c in cases], test_fraction, seed)
-    pick = channel if len(modality) > 1 else None
+    pick = (channel if channel is not None else "all") if len(modality) > 1 else None
     return write_cases(
         out,
         cases,
         kind="msd",
         labels=labels,
         test=test,
-        channel_names={"0": name},
+        channel_names=channel_names,
         channel=pick,
         overwrite=overwrite,
         inputs=(task,),

@@ -1,8 +1,10 @@
 """Read and write volumes: NIfTI, PNG/TIFF slice folders and multi-page TIFF.
 
-Every reader returns a :class:`Volume` with shape (X, Y, Z). Slice stacks (one 2D image per
-section) are stacked along Z, so a section is an xy slice. Problems raise :class:`InputError`
-naming the file.
+Every reader returns a :class:`Volume` with shape (X, Y, Z). NIfTI volumes come in closest
+canonical (RAS) orientation, and :func:`write_nifti` writes a volume derived from them back in the
+source orientation with the source header's geometry (see :mod:`sparseseg.data.orientation`).
+Slice stacks (one 2D image per section) are stacked along Z, so a section is an xy slice.
+Problems raise :class:`InputError` naming the file.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from sparseseg.data.orientation import nifti_like_source, to_canonical
 from sparseseg.data.volume import Volume, affine_from_spacing
 from sparseseg.errors import InputError
 from sparseseg.fileio import atomic_path
@@ -54,11 +57,13 @@ def check_volume(array: np.ndarray, path: str | Path, *, finite: bool = True) ->
 
 
 def read_nifti(
-    path: str | Path, *, dtype: np.dtype | None = None, channel: int | None = None
+    path: str | Path, *, dtype: np.dtype | None = None, channel: int | str | None = None
 ) -> Volume:
-    """Read a 3D NIfTI file. ``dtype`` casts the data (labels: an integer type).
+    """Read a 3D NIfTI file in closest canonical orientation. ``dtype`` casts the data (labels:
+    an integer type).
 
-    ``channel`` picks one volume of a 4D (X, Y, Z, C) file, such as a multi-modal MSD image.
+    ``channel`` picks one volume of a 4D (X, Y, Z, C) file, such as a multi-modal MSD image;
+    ``channel='all'`` reads every one, as a Volume (C, X, Y, Z).
     """
     path = Path(path)
     if not path.exists():
@@ -68,15 +73,22 @@ def read_nifti(
         array = np.asarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InputError(f"cannot read NIfTI ({_reason(exc, path)})", path) from None
-    if channel is not None and array.ndim == 4:
+    every = channel == "all"
+    if every:
+        if array.ndim != 4:
+            raise InputError(f"expected a 4D multi-channel image, got shape {array.shape}", path)
+        for c in range(array.shape[3]):
+            check_volume(array[..., c], path)
+    elif channel is not None and array.ndim == 4:
         if not 0 <= channel < array.shape[3]:
             raise InputError(f"channel {channel} not in a 4D image of shape {array.shape}", path)
         array = array[..., channel]
     elif channel not in (None, 0) and array.ndim == 3:
         raise InputError(f"channel {channel} asked for, but the image is 3D", path)
-    if array.ndim == 4 and array.shape[3] == 1:
+    if array.ndim == 4 and array.shape[3] == 1 and not every:
         array = array[..., 0]
-    check_volume(array, path)
+    if not every:
+        check_volume(array, path)
     if dtype is not None:
         if np.issubdtype(np.dtype(dtype), np.integer) and np.issubdtype(array.dtype, np.floating):
             rounded = np.rint(array)
@@ -84,32 +96,36 @@ def read_nifti(
                 raise InputError("label volume holds non-integer values", path)
             array = rounded
         array = array.astype(dtype, copy=False)
-    return Volume(array, np.asarray(img.affine, dtype=np.float64), strip_nifti_suffix(path.name))
+    header = img.header.copy() if isinstance(img.header, nib.Nifti1Header) else None
+    array, affine, source = to_canonical(array, img.affine, header)
+    if every:
+        array = np.ascontiguousarray(np.moveaxis(array, 3, 0))
+    return Volume(array, affine, strip_nifti_suffix(path.name), source)
 
 
-def nifti_geometry(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray]:
-    """The spatial shape (X, Y, Z) and affine of a 3D NIfTI file, from its header alone."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError("file not found", path)
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:
-        raise InputError(f"cannot read NIfTI ({_reason(exc, path)})", path) from None
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise InputError(f"expected a 3D volume, got shape {shape}", path)
-    return shape, np.asarray(img.affine, dtype=np.float64)
+def write_nifti(
+    path: str | Path,
+    volume: Volume | np.ndarray,
+    affine: np.ndarray | None = None,
+    *,
+    like: Volume | None = None,
+):
+    """Write a NIfTI file atomically.
 
-
-def write_nifti(path: str | Path, volume: Volume | np.ndarray, affine: np.ndarray | None = None):
-    """Write a NIfTI file atomically, keeping the affine (from ``volume`` or ``affine``)."""
+    ``volume``: a :class:`Volume`, or an array (X, Y, Z[, C]) on the grid of ``like`` (a loaded
+    volume) or of ``affine``. A volume read from a file (``volume.source`` or ``like.source``)
+    goes back to that file's orientation, affine and header geometry (qform/sform and their
+    codes, pixdim, units); otherwise the array is written as it is with its affine in both the
+    qform and the sform (code 1).
+    """
+    source = None
     if isinstance(volume, Volume):
-        array, affine = volume.array, volume.affine if affine is None else affine
+        array, source = volume.array, volume.source
+        affine = volume.affine if affine is None else affine
     else:
         array = volume
+        if like is not None:
+            affine, source = like.affine, like.source
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
     array = np.asarray(array)
     if array.dtype == np.bool_:
@@ -117,9 +133,12 @@ def write_nifti(path: str | Path, volume: Volume | np.ndarray, affine: np.ndarra
     if array.dtype == np.int64:  # NIfTI-1 readers handle int64 poorly: store the narrowest fit
         small = array.min(initial=0) >= 0 and array.max(initial=0) <= 255
         array = array.astype(np.uint8 if small else np.int32)
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
+    if source is not None:
+        img = nifti_like_source(array, source)
+    else:
+        img = nib.Nifti1Image(array, affine)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
 

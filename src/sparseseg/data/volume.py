@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sparseseg.data.orientation import SourceGeometry
+
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size in mm along array axes 0, 1, 2: the column norms of the affine's 3x3 part."""
@@ -21,13 +23,17 @@ def affine_from_spacing(spacing: tuple[float, float, float]) -> np.ndarray:
 class Volume:
     """A 3D image or label map.
 
-    ``array`` has shape (X, Y, Z) in NIfTI array order; the xy plane is normal to axis 2.
-    ``affine`` maps voxel indices to scanner coordinates in mm (4x4).
+    ``array`` has shape (X, Y, Z) in NIfTI array order (or (C, X, Y, Z) for a multi-channel
+    image); the xy plane is normal to the last axis. ``affine`` maps voxel indices to scanner
+    coordinates in mm (4x4). Volumes read from NIfTI are in closest canonical (RAS) orientation
+    and ``source`` says how the file stored them (see :mod:`sparseseg.data.orientation`), so
+    that what is written from them goes back to the file's orientation and header.
     """
 
     array: np.ndarray
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
     name: str = ""
+    source: SourceGeometry | None = None
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -42,4 +48,4 @@ class Volume:
         """The same geometry with other voxel values (same spatial shape)."""
         if array.shape[-3:] != self.array.shape[-3:]:
             raise ValueError(f"shape {array.shape} does not match {self.array.shape}")
-        return Volume(array, self.affine, self.name if name is None else name)
+        return Volume(array, self.affine, self.name if name is None else name, self.source)

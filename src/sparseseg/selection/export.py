@@ -71,18 +71,18 @@ def write_selection(
         for name in names:
             image = ds.load_image(name)
             chosen = selection.chosen(name)
-            if tuple(image.shape) != tuple(selection.cases[name].shape):
+            if tuple(image.shape[-3:]) != tuple(selection.cases[name].shape):
                 raise InputError(
-                    f"image shape {image.shape} differs from the selection's "
+                    f"image shape {image.shape[-3:]} differs from the selection's "
                     f"{selection.cases[name].shape}",
                     ds.image_path(name),
                 )
-            mask = annotation_mask(image.shape, chosen).astype(np.uint8)
-            write_nifti(tmp / "masks" / f"{name}{FILE_ENDING}", Volume(mask, image.affine, name))
+            mask = annotation_mask(image.shape[-3:], chosen).astype(np.uint8)
+            write_nifti(tmp / "masks" / f"{name}{FILE_ENDING}", image.with_array(mask))
             if sheets:
                 title = f"{name}: {selection.strategy} s{selection.budget:g}"
                 contact_sheet(
-                    normalise_volume(image.array),
+                    normalise_volume(first_channel(image.array)),
                     chosen,
                     tmp / "sheets" / f"{name}.png",
                     image.spacing,
@@ -93,7 +93,7 @@ def write_selection(
             feats = selection.features.get(first)
             kind = (selection.extractor or {}).get("name", "")
             if not feats:
-                image = normalise_volume(ds.load_image(first).array)
+                image = normalise_volume(first_channel(ds.load_image(first).array))
                 feats = {p: intensity_features(image, p) for p in selection.planes}
                 kind = "intensity"
             title = f"{first}: {selection.strategy} s{selection.budget:g}, {kind} features"
@@ -101,6 +101,11 @@ def write_selection(
         if simulate_from_labels:
             simulate_sparse_dataset(ds, selection, tmp / "dataset")
     return out
+
+
+def first_channel(image: np.ndarray) -> np.ndarray:
+    """Channel 0 of an image (C, X, Y, Z), or the image (X, Y, Z) itself: what figures show."""
+    return image[0] if image.ndim == 4 else image
 
 
 def simulate_sparse_dataset(ds: Dataset, selection: Selection, dest: str | Path) -> Path:
@@ -113,7 +118,7 @@ def simulate_sparse_dataset(ds: Dataset, selection: Selection, dest: str | Path)
 
     def sparse_label(name: str) -> Volume:
         label = ds.load_label(name, image=ds.load_image(name))
-        return Volume(sparsify_labels(label.array, selection.chosen(name), ignore), label.affine)
+        return label.with_array(sparsify_labels(label.array, selection.chosen(name), ignore))
 
     chosen = {name: case.chosen for name, case in selection.cases.items()}
     return write_sparse_dataset(ds, selection, dest, chosen, sparse_label)
@@ -142,14 +147,14 @@ def write_sparse_dataset(
     dest = Path(dest)
     labels = sparse_labels(ds)
     for name in chosen:
-        image_path = ds.image_path(name)
         (dest / "imagesTr").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(image_path, dest / "imagesTr" / image_path.name)
+        for image_path in ds.image_paths(name):
+            shutil.copyfile(image_path, dest / "imagesTr" / image_path.name)
         label = sparse_label(name)
         sparse = label.array
         if sparse.max() <= 255 and sparse.min() >= 0:
             sparse = sparse.astype(np.uint8)
-        write_nifti(dest / "labelsTr" / f"{name}{ds.file_ending}", Volume(sparse, label.affine))
+        write_nifti(dest / "labelsTr" / f"{name}{ds.file_ending}", label.with_array(sparse))
     for folder in ("imagesTs", "labelsTs"):
         source = ds.root / folder
         if source.is_dir():

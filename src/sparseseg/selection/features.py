@@ -14,6 +14,11 @@ Two extractors turn every slice of every chosen plane of every volume into a fea
 
 Each volume is normalised on its own (0.5-99.5 percentile to [0, 1]) since intensity ranges
 differ between volumes.
+
+Multi-channel images (C, X, Y, Z): every channel is a volume of its own for the extractor (one
+auto-encoder learns from the slices of all channels), and :func:`combine_channels` joins the C
+features of a slice so that the cosine similarity of two slices is the mean of their
+per-channel cosine similarities: each channel counts equally, whatever its contrast.
 """
 
 from __future__ import annotations
@@ -83,6 +88,33 @@ def resolve_extractor(name: str, weights) -> tuple[str, object]:
     if name == "intensity" and weights is not None:
         raise InputError("--weights applies to the vgg extractor only")
     return name, path if name == "vgg" else None
+
+
+def combine_channels(
+    features: Sequence[dict[str, np.ndarray]], channels: Sequence[int]
+) -> list[dict[str, np.ndarray]]:
+    """Per-channel features -> per-volume features.
+
+    ``features`` lists the features of every channel of every volume (volume 0's channels first);
+    ``channels`` the number of channels of each volume. A one-channel volume keeps its features;
+    otherwise each slice's feature is the concatenation of its L2-normalised per-channel features
+    (N, C * D), whose cosine similarity is the mean of the C per-channel cosine similarities (for
+    slices with a nonzero feature in every channel).
+    """
+
+    def unit(f: np.ndarray) -> np.ndarray:
+        norms = np.linalg.norm(f, axis=1, keepdims=True)
+        return (f / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+    out, start = [], 0
+    for n in channels:
+        group = features[start : start + n]
+        start += n
+        if n == 1:
+            out.append(dict(group[0]))
+        else:
+            out.append({p: np.concatenate([unit(g[p]) for g in group], axis=1) for p in group[0]})
+    return out
 
 
 def auto_image_size(volumes: Sequence[np.ndarray], planes: Sequence[str]) -> int:

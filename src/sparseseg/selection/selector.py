@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sparseseg.data.planes import PLANES, num_slices, parse_planes
+from sparseseg.data.planes import NORMAL_AXIS, PLANES, num_slices, parse_planes
 from sparseseg.errors import InputError
 from sparseseg.selection.feature_cache import cached_features
-from sparseseg.selection.features import FeatureSet, extract_features
+from sparseseg.selection.features import FeatureSet, combine_channels, extract_features
 from sparseseg.selection.sparsify import annotation_cost, total_cost
 from sparseseg.selection.strategies import (
     STRATEGIES,
@@ -59,11 +59,17 @@ class PlaneChoice:
 
 @dataclass
 class CaseSelection:
-    """The choice for one volume of shape (X, Y, Z)."""
+    """The choice for one volume of shape (X, Y, Z).
+
+    Shape and indices are in the closest canonical (RAS) orientation in which volumes are read.
+    ``source``: for a volume read from a file, its orientation (``axcodes``, e.g. 'LPS') and, per
+    plane, the same slices as indices along the file's own array axis (``axis``, ``indices``).
+    """
 
     case: str
     shape: tuple[int, int, int]
     planes: dict[str, PlaneChoice]
+    source: dict | None = None
 
     @property
     def chosen(self) -> dict[str, list[int]]:
@@ -75,11 +81,14 @@ class CaseSelection:
         return annotation_cost(self.shape, self.chosen)
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "shape": list(self.shape),
             "planes": {p: c.to_json() for p, c in self.planes.items()},
             "cost": self.cost,
         }
+        if self.source is not None:
+            out["source"] = self.source
+        return out
 
 
 @dataclass
@@ -128,7 +137,7 @@ class Selection:
                 p: PlaneChoice(v["num_slices"], v["indices"], v.get("gains"), v.get("coverage"))
                 for p, v in c["planes"].items()
             }
-            cases[name] = CaseSelection(name, tuple(c["shape"]), planes)
+            cases[name] = CaseSelection(name, tuple(c["shape"]), planes, c.get("source"))
         return cls(
             budget=data["budget"],
             strategy=data["strategy"],
@@ -183,7 +192,10 @@ def select_volumes(
     progress: bool = False,
     feature_cache: str | Path | None = None,
 ) -> Selection:
-    """Choose slices in volumes (X, Y, Z) named ``names``; see :func:`select_slices`."""
+    """Choose slices in volumes (X, Y, Z) or (C, X, Y, Z) named ``names``; see
+    :func:`select_slices`. The ``ra`` features of a multi-channel volume combine its channels:
+    slice similarity is the mean of the per-channel cosine similarities
+    (:func:`~sparseseg.selection.features.combine_channels`)."""
     if strategy not in STRATEGIES:
         raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     try:
@@ -197,17 +209,19 @@ def select_volumes(
         raise InputError("need one distinct name per volume and at least one volume")
     counts = []
     for vol, name in zip(volumes, names, strict=True):
-        if np.ndim(vol) != 3:
+        if np.ndim(vol) not in (3, 4):
             raise InputError(f"expected a 3D volume, got shape {np.shape(vol)}", name)
         check_volume_content(vol, name)
         counts.append({p: budget_count(num_slices(vol.shape, p), budget) for p in planes})
+    channels = [list(v) if np.ndim(v) == 4 else [v] for v in volumes]
+    flat = [c for group in channels for c in group]
 
     features, info = None, None
     if strategy == "ra":
 
         def compute() -> FeatureSet:
             return extract_features(
-                volumes, planes, extractor, weights, seed, steps, 64, image_size, device, progress
+                flat, planes, extractor, weights, seed, steps, 64, image_size, device, progress
             )
 
         if feature_cache is None:
@@ -221,8 +235,8 @@ def select_volumes(
                 "steps": steps,
                 "image_size": image_size,
             }
-            fs = cached_features(feature_cache, volumes, planes, settings, compute)
-        features, info = fs.features, fs.info
+            fs = cached_features(feature_cache, flat, planes, settings, compute)
+        features, info = combine_channels(fs.features, [len(g) for g in channels]), fs.info
 
     cases: dict[str, CaseSelection] = {}
     for v, (vol, name) in enumerate(zip(volumes, names, strict=True)):
@@ -238,7 +252,7 @@ def select_volumes(
                 choices[p] = PlaneChoice(n, eia_indices(n, k).tolist())
             else:
                 choices[p] = PlaneChoice(n, random_indices(n, k, case_rng(seed, name, p)).tolist())
-        cases[name] = CaseSelection(name, tuple(int(s) for s in vol.shape), choices)
+        cases[name] = CaseSelection(name, tuple(int(s) for s in vol.shape[-3:]), choices)
     feats = {} if features is None else dict(zip(names, features, strict=True))
     return Selection(budget, strategy, planes, seed, info, cases, features=feats)
 
@@ -277,7 +291,7 @@ def select_slices(
     missing = [c for c in names if c not in ds.cases("Tr")]
     if missing:
         raise InputError(f"no training image for cases {missing[:3]}", ds.root)
-    volumes = []
+    volumes, sources = [], {}
     for name in names:
         image = ds.load_image(name)
         try:
@@ -285,6 +299,7 @@ def select_slices(
         except InputError as exc:
             raise InputError(exc.problem, ds.image_path(name)) from None
         volumes.append(image.array)
+        sources[name] = image.source
     selection = select_volumes(
         volumes,
         names,
@@ -301,4 +316,19 @@ def select_slices(
         feature_cache,
     )
     selection.dataset = str(ds.root)
+    for name, case in selection.cases.items():
+        case.source = source_indices(sources[name], case.chosen)
     return selection
+
+
+def source_indices(source, chosen: dict[str, list[int]]) -> dict | None:
+    """The file's orientation and the ``chosen`` canonical slices as indices along the file's own
+    array axes: ``{'axcodes', 'planes': {plane: {'axis', 'indices'}}}`` (None without a file)."""
+    if source is None:
+        return None
+    planes = {}
+    for plane, indices in chosen.items():
+        axis = NORMAL_AXIS[plane] % 3
+        pairs = [source.source_index(axis, i) for i in indices]
+        planes[plane] = {"axis": pairs[0][0] if pairs else None, "indices": [i for _, i in pairs]}
+    return {"axcodes": source.axcodes, "planes": planes}

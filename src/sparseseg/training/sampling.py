@@ -24,9 +24,13 @@ Case = Mapping[str, np.ndarray]
 
 
 def zscore(image: np.ndarray, eps: float = 1e-8) -> np.ndarray:
-    """Per-volume z-scoring: (image - mean) / std over all voxels, as float32."""
+    """Per-volume z-scoring: (image - mean) / std over all voxels, as float32; an image
+    (C, X, Y, Z) is z-scored per channel. The statistics are summed in float64, so the result
+    does not depend on the array's memory order (a volume read flipped is z-scored alike)."""
     image = np.asarray(image, dtype=np.float32)
-    mean, std = float(image.mean()), float(image.std())
+    if image.ndim == 4:
+        return np.stack([zscore(channel, eps) for channel in image])
+    mean, std = float(image.mean(dtype=np.float64)), float(image.std(dtype=np.float64))
     return (image - mean) / max(std, eps)
 
 
