@@ -85,6 +85,7 @@ class AnnotateWidget(QWidget):
         self.save_button.clicked.connect(self.save)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.classes_label.setWordWrap(True)
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.open_button)
@@ -174,6 +175,7 @@ class AnnotateWidget(QWidget):
         scale = image.spacing
         self._image_layer = self.viewer.add_image(image.array, name=f"{case} image", scale=scale)
         self.labels = self.viewer.add_labels(painting, name=f"{case} painted", scale=scale)
+        self.viewer.dims.axis_labels = ("x", "y", "z")
         self.labels.events.paint.connect(self._painted)
         self.labels.events.data.connect(self._painted)
         self.labels.selected_label = min([v for v in project.classes.values() if v] or [0])
@@ -283,7 +285,8 @@ class AnnotateWidget(QWidget):
         path = project.save_painting(self.case, self.labels.data, self.image)
         project.save_state()
         self._changed = False
-        self.status.setText(f"saved {path}{message}")
+        self.status.setText(f"saved {path.name} in {path.parent.name}/{message}")
+        self.status.setToolTip(str(path))
         self.refresh()
         return path
 
