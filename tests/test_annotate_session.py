@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -154,3 +155,9 @@ def test_project_bad_input(selection, tmp_path):
 def test_cli_bad_selection_exits_2(tmp_path, capsys):
     assert main(["annotate", str(tmp_path / "nowhere")]) == 2
     assert "selection file not found" in capsys.readouterr().err
+
+
+def test_cli_without_napari_exits_2(selection, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "napari", None)  # as if the extra were not installed
+    assert main(["annotate", str(selection)]) == 2
+    assert "pip install 'sparseseg[napari]'" in capsys.readouterr().err
