@@ -28,11 +28,13 @@ from sparseseg.selection import annotation_mask
 
 @pytest.fixture(scope="module")
 def selection(tmp_path_factory) -> Path:
-    """A phantom dataset (2 cases of 20 x 24 x 12) and an EIA s4 selection of it."""
+    """A phantom dataset (2 cases of 20 x 24 x 12), an EIA s4 selection of it and the simulated
+    sparse dataset (SEL/dataset)."""
     root = tmp_path_factory.mktemp("ann")
     write_phantom_dataset(root / "ph", "heart", cases=2, seed=3, shape=(20, 24, 12))
     sel = root / "sel"
-    argv = ["select", root / "ph", "--budget", 4, "--strategy", "eia", "--out", sel, "--no-figures"]
+    argv = ["select", root / "ph", "--budget", 4, "--strategy", "eia", "--out", sel, "--no-figures",
+            "--simulate-from-labels"]  # fmt: skip
     assert main([str(a) for a in argv]) == 0
     return sel
 
@@ -161,3 +163,21 @@ def test_cli_without_napari_exits_2(selection, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "napari", None)  # as if the extra were not installed
     assert main(["annotate", str(selection)]) == 2
     assert "pip install 'sparseseg[napari]'" in capsys.readouterr().err
+
+
+def test_painted_truth_is_the_simulated_sparse_dataset(selection, tmp_path):
+    """Paintings of the true labels on the chosen slices, read with the selection's masks, hold
+    exactly the sparse labels that ``--simulate-from-labels`` writes: what importing them gives."""
+    project = AnnotationProject(selection, tmp_path / "painted")
+    ds = project.dataset
+    simulated = Dataset.open(selection / "dataset")
+    ignore = simulated.ignore_value
+    for case in project.cases:
+        truth = ds.load_label(case).array
+        on = annotation_mask(truth.shape, project.chosen(case))
+        path = project.save_painting(case, np.where(on, truth, 0))
+        painted = np.asarray(nib.load(path).dataobj)
+        mask = np.asarray(nib.load(selection / "masks" / f"{case}.nii.gz").dataobj) == 1
+        assert np.array_equal(mask, on)
+        assert np.array_equal(np.where(mask, painted, ignore), simulated.load_label(case).array)
+        assert np.allclose(nib.load(path).affine, simulated.load_label(case).affine)
