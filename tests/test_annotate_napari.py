@@ -287,3 +287,44 @@ def test_widget_without_selection_and_the_command(selection, tmp_path, make_view
     assert seen["layers"] == [f"{first} image", f"{first} painted"]
     assert "sparseseg annotate" in seen["docked"]
     assert (painted / "progress.json").exists()
+
+
+def test_brush_strokes_count_and_stay_on_the_chosen_slices(selection, tmp_path, make_viewer):
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_viewer()
+    widget = _widget(viewer, selection, tmp_path / "painted")
+    task = widget.task
+    assert task.plane == "xy" and widget.labels.n_edit_dimensions == 2
+    chosen = widget.project.chosen(widget.case)
+    widget.labels.brush_size = 5
+    widget.labels.paint((20, 24, task.index), 2)  # a brush stroke, as the mouse paints
+    QApplication.processEvents()  # the widget looks at a stroke once napari has written it
+    assert np.count_nonzero(widget.labels.data[:, :, task.index] == 2) > 4
+    assert "[done]" in widget.slice_label.text()
+    assert widget.progress_label.text().startswith("Done: 1 of")
+    # A stroke on a slice that was not chosen keeps only the voxels on chosen slices it crosses.
+    other = next(z for z in range(widget.image.shape[2]) if z not in chosen["xy"])
+    viewer.dims.set_current_step(2, other)
+    before = np.count_nonzero(widget.labels.data)
+    widget.labels.paint((20, 24, other), 1)
+    QApplication.processEvents()
+    on = annotation_mask(widget.image.shape, chosen)
+    assert not np.any(widget.labels.data[~on])
+    assert "cleared" in widget.status.text()
+    assert np.count_nonzero(widget.labels.data) >= before
+    widget.save()
+    saved = np.asarray(nib.load(tmp_path / "painted" / f"{widget.case}.nii.gz").dataobj)
+    assert np.array_equal(saved, widget.labels.data) and not np.any(saved[~on])
+
+
+def test_napari_finds_the_plugin_widget():
+    """The installed package registers its npe2 manifest (needs ``pip install -e .``)."""
+    from npe2 import PluginManager
+
+    manager = PluginManager.instance()
+    manager.discover()
+    widgets = [w for w in manager.iter_widgets() if w.plugin_name == "sparseseg"]
+    assert [w.display_name for w in widgets] == ["Annotate chosen slices"]
+    command = manager.get_command(widgets[0].command)
+    assert command.python_name == "sparseseg.annotate.widget:AnnotateWidget"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QApplication,
     QCheckBox,
@@ -176,7 +177,8 @@ class AnnotateWidget(QWidget):
         self._image_layer = self.viewer.add_image(image.array, name=f"{case} image", scale=scale)
         self.labels = self.viewer.add_labels(painting, name=f"{case} painted", scale=scale)
         self.viewer.dims.axis_labels = ("x", "y", "z")
-        self.labels.events.paint.connect(self._painted)
+        # napari announces a paint before it writes the voxels: look once it is done.
+        self.labels.events.paint.connect(lambda event: QTimer.singleShot(0, self._painted))
         self.labels.events.data.connect(self._painted)
         self.labels.selected_label = min([v for v in project.classes.values() if v] or [0])
         self.viewer.layers.selection.active = self.labels
