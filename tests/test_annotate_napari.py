@@ -267,6 +267,10 @@ def test_widget_without_selection_and_the_command(selection, tmp_path, make_view
     widget = _widget(viewer)
     assert widget.project is None and not widget.next_button.isEnabled()
     assert widget.open_button.isEnabled()
+    widget.open(selection, tmp_path / "q")  # what "Open selection folder..." does
+    first = AnnotationProject(selection).cases[0]
+    assert widget.case == first and widget.position == 0 and widget.next_button.isEnabled()
+    assert [layer.name for layer in viewer.layers] == [f"{first} image", f"{first} painted"]
     if not hasattr(viewer, "window"):
         return  # the command needs a full viewer
     import napari
@@ -283,7 +287,6 @@ def test_widget_without_selection_and_the_command(selection, tmp_path, make_view
     monkeypatch.setattr(napari, "Viewer", lambda **kw: make_viewer())
     painted = tmp_path / "p"
     assert main(["annotate", str(selection), "--painted", str(painted)]) == 0
-    first = AnnotationProject(selection).cases[0]
     assert seen["layers"] == [f"{first} image", f"{first} painted"]
     assert "sparseseg annotate" in seen["docked"]
     assert (painted / "progress.json").exists()

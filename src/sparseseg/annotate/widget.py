@@ -57,6 +57,7 @@ class AnnotateWidget(QWidget):
         self.position = 0
         self.image: Volume | None = None
         self.labels = None  # the napari Labels layer being painted
+        self._image_layer = None
         self._outside: np.ndarray | None = None
         self._busy = False  # true while the widget itself changes the labels data
         self._changed = False  # painting or background marks changed since the last save
@@ -125,7 +126,10 @@ class AnnotateWidget(QWidget):
         dataset: str | Path | None = None,
     ) -> None:
         """Open a selection folder and reopen where the annotator left off."""
-        self.project = AnnotationProject(selection, painted, dataset)
+        project = AnnotationProject(selection, painted, dataset)
+        if self.project is not None:
+            self.save_if_changed()
+        self.project = project
         self.classes_label.setText(
             "Paint with: "
             + ", ".join(f"{v} {k}" for k, v in self.project.classes.items() if v)
@@ -168,7 +172,10 @@ class AnnotateWidget(QWidget):
             self.save_if_changed()
         image = project.image(case)
         painting = project.load_painting(case, image)
-        for layer in (self.labels, getattr(self, "_image_layer", None)):
+        if self.labels is not None:
+            self.labels.events.paint.disconnect(self._paint_announced)
+            self.labels.events.data.disconnect(self._painted)
+        for layer in (self.labels, self._image_layer):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
         self.case, self.image = case, image
@@ -177,8 +184,7 @@ class AnnotateWidget(QWidget):
         self._image_layer = self.viewer.add_image(image.array, name=f"{case} image", scale=scale)
         self.labels = self.viewer.add_labels(painting, name=f"{case} painted", scale=scale)
         self.viewer.dims.axis_labels = ("x", "y", "z")
-        # napari announces a paint before it writes the voxels: look once it is done.
-        self.labels.events.paint.connect(lambda event: QTimer.singleShot(0, self._painted))
+        self.labels.events.paint.connect(self._paint_announced)
         self.labels.events.data.connect(self._painted)
         self.labels.selected_label = min([v for v in project.classes.values() if v] or [0])
         self.viewer.layers.selection.active = self.labels
@@ -228,15 +234,14 @@ class AnnotateWidget(QWidget):
         self.save_if_changed()
         self.go(self.position - 1)
 
-    def shown_slice(self) -> tuple[int, int]:
-        """(axis, index) of the slice the viewer shows now: the slider axis and its step."""
-        axis = self.viewer.dims.order[0]
-        return axis, int(self.viewer.dims.current_step[axis])
-
     # Painting and saving ----------------------------------------------------------------------
     def set_painting(self, painting: np.ndarray) -> None:
         """Replace the case's painting (X, Y, Z), as painting by hand would."""
         self.labels.data = np.asarray(painting, self._project().dtype)
+
+    def _paint_announced(self, event=None) -> None:
+        # napari announces a paint before it writes the voxels: look once it is done.
+        QTimer.singleShot(0, self._painted)
 
     def _painted(self, event=None) -> None:
         if self._busy or self.labels is None:
@@ -279,7 +284,9 @@ class AnnotateWidget(QWidget):
         project = self._project()
         message = ""
         if self.lock_box.isChecked():
-            self._clear_outside("off the chosen slices")
+            cleared = self._clear_outside("off the chosen slices")
+            if cleared:
+                message = f"; cleared {cleared} voxels off the chosen slices"
         else:
             stray = int(np.count_nonzero(self._outside & (self.labels.data != 0)))
             if stray:
