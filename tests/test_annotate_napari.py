@@ -319,6 +319,15 @@ def test_brush_strokes_count_and_stay_on_the_chosen_slices(selection, tmp_path, 
     widget.save()
     saved = np.asarray(nib.load(tmp_path / "painted" / f"{widget.case}.nii.gz").dataobj)
     assert np.array_equal(saved, widget.labels.data) and not np.any(saved[~on])
+    # A change not saved yet is saved on exit, after napari has closed the panel.
+    data = widget.labels.data.copy()
+    data[on & (data == 0)] = 1
+    widget.set_painting(data)
+    if hasattr(viewer, "close"):
+        viewer.close()
+    widget.save_on_exit()
+    saved = np.asarray(nib.load(tmp_path / "painted" / f"{widget.case}.nii.gz").dataobj)
+    assert np.array_equal(saved, data)
 
 
 def test_napari_finds_the_plugin_widget():

@@ -61,6 +61,7 @@ class AnnotateWidget(QWidget):
         self._outside: np.ndarray | None = None
         self._busy = False  # true while the widget itself changes the labels data
         self._changed = False  # painting or background marks changed since the last save
+        self._locked = True  # the lock box's state, kept for saving once Qt is gone
 
         self.open_button = QPushButton("Open selection folder...")
         self.open_button.clicked.connect(self._choose_selection)
@@ -114,7 +115,7 @@ class AnnotateWidget(QWidget):
         self._enable(False)
         app = QApplication.instance()
         if app is not None:
-            app.aboutToQuit.connect(self._quitting)
+            app.aboutToQuit.connect(self.save_on_exit)
         if selection is not None:
             self.open(selection, painted, dataset)
 
@@ -252,6 +253,7 @@ class AnnotateWidget(QWidget):
         self.refresh()
 
     def _lock_toggled(self, flag: bool) -> None:
+        self._locked = flag
         if flag and self.labels is not None:
             self._clear_outside("painting off the chosen slices is not kept")
             self.refresh()
@@ -267,11 +269,17 @@ class AnnotateWidget(QWidget):
             self._busy = False
         return count
 
-    def _quitting(self) -> None:
-        try:
-            self.save_if_changed()
-        except RuntimeError:  # the Qt side of the widget is gone already
-            pass
+    def save_on_exit(self) -> None:
+        """Save a changed painting without touching Qt: napari may have deleted the panel's
+        widgets by the time the application quits."""
+        if not self._changed or self.case is None or self.labels is None:
+            return
+        if self._locked:
+            clear_outside(self.labels.data, self._outside)
+        project = self._project()
+        project.save_painting(self.case, self.labels.data, self.image)
+        project.save_state()
+        self._changed = False
 
     def save_if_changed(self) -> None:
         if self._changed:

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     widget = AnnotateWidget(viewer)
     viewer.window.add_dock_widget(widget, name="sparseseg annotate", area="right")
     widget.open(args.selection, project.painted, project.dataset.root)
-    napari.run()  # the widget saves a changed painting when the application quits
+    napari.run()
+    widget.save_on_exit()  # a painting changed since the last save
     print(f"paintings in {project.painted}")
     return 0
