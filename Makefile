@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The CPU build of torch; a GPU server may install its own torch into the venv first.
+# The CPU build of torch; a GPU server may install its own torch into the venv first. The extras
+# install under a constraint that keeps the venv's torch (napari's dependencies would replace it).
 TORCH ?= torch==2.13.0
 # What the napari widget tests draw with, headless: a virtual X server, Mesa OpenGL and the X
 # libraries of Qt's xcb platform (Debian/Ubuntu package names; installed when root with apt-get).
@@ -21,7 +22,6 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
 	dpkg -s $(GUI_DEBS) >/dev/null 2>&1 || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] \
 		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(GUI_DEBS); }
-	# Extras must keep the venv's torch (napari's dependencies would replace it).
 	$(BIN)/python -W ignore -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
 	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,bench,napari]"
 	$(BIN)/python -c "import torch; print('torch', torch.__version__)"
