@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "phantom": "phantom",
     "import": "import_",
     "select": "select",
+    "annotate": "annotate",
     "annotations": "annotations",
     "pseudolabel": "pseudolabel",
     "train": "train",
