@@ -24,6 +24,8 @@ import pytest
 
 pytest.importorskip("napari", reason="the napari extra is not installed")
 
+from tiny_preset import TINIER  # noqa: E402
+
 from sparseseg.annotate import AnnotationProject, painted_on_own  # noqa: E402
 from sparseseg.cli import main  # noqa: E402
 from sparseseg.data.layout import Dataset  # noqa: E402
@@ -260,6 +262,19 @@ def test_widget_walks_paints_saves_and_resumes(selection, tmp_path, make_viewer,
     again.save()
     saved = np.asarray(nib.load(painted / f"{cases[0]}.nii.gz").dataobj)
     assert np.array_equal(saved, expected[cases[0]])
+
+    # What the widget saved imports as the simulated sparse dataset, and trains.
+    from sparseseg.pipeline import train
+
+    imported = tmp_path / "imported"
+    assert main(["annotations", str(selection), str(painted), "--out", str(imported)]) == 0
+    sparse = Dataset.open(imported)
+    for case in cases:
+        label = sparse.load_label(case).array
+        on = annotation_mask(label.shape, again.project.chosen(case))
+        assert np.array_equal(np.where(on, expected[case], sparse.ignore_value), label)
+    state = train(imported, tmp_path / "model", "cpu", TINIER, progress=False, log=None)
+    assert state["stages"]["bundle"]["done"]
 
 
 def test_widget_without_selection_and_the_command(selection, tmp_path, make_viewer, monkeypatch):
