@@ -121,11 +121,12 @@ class Predictor:
         image: np.ndarray,
         parts: Sequence[str] = ("meta",),
         *,
-        probabilities: bool = False,
+        probabilities: bool | Sequence[str] = False,
         step: Callable[[str], None] | None = None,
     ) -> dict[str, Prediction]:
         """Predict ``parts`` for one raw image (X, Y, Z); ``step(name)`` is called after each
-        model run (for progress bars)."""
+        model run (for progress bars). ``probabilities``: True for every part, or the parts
+        whose probabilities to keep."""
         from sparseseg.inference import predict_planes_2d, predict_volume_3d
         from sparseseg.training.sampling import zscore
 
@@ -140,8 +141,9 @@ class Predictor:
         out: dict[str, Prediction] = {}
         common = dict(device=self.device, precision=self.precision)
         runs = runs_needed(parts, self.pl_sets)
+        with_probs = set(parts) if probabilities is True else set(probabilities or ()) & set(parts)
         for plane in [p for p in runs if p in ("xy", "xz", "yz")]:
-            keep_probs = probabilities and plane in parts
+            keep_probs = plane in with_probs
             result = predict_planes_2d(
                 self.model("2d"),
                 x,
@@ -169,7 +171,7 @@ class Predictor:
             labels = _argmax_uint8(probs)
             _add_one_hot(counts, labels)
             if "3d" in parts:
-                out["3d"] = Prediction(labels, probs if probabilities else None)
+                out["3d"] = Prediction(labels, probs if "3d" in with_probs else None)
             del probs, labels
             tick("3d")
         if "meta" in parts:
@@ -188,7 +190,7 @@ class Predictor:
                 **common,
             )
             del inputs
-            out["meta"] = Prediction(_argmax_uint8(probs), probs if probabilities else None)
+            out["meta"] = Prediction(_argmax_uint8(probs), probs if "meta" in with_probs else None)
             del probs
             tick("meta")
         return {p: out[p] for p in PARTS if p in out}

@@ -6,7 +6,10 @@ from dense labels, a simulated sparse dataset.
     OUT/sheets/CASE.png      the chosen slices, in priority order
     OUT/tsne.png             slice features of the first case in 2D, chosen slices marked
     OUT/dataset/             (simulate_from_labels) canonical dataset: true labels on the chosen
-                             slices, ``ignore`` elsewhere; images and the test split copied
+                             slices, ``ignore`` elsewhere; images and the test split copied. In a
+                             later round (``selection.round``) the dataset's current labels are
+                             kept and the true labels, from ``dense_labels``, are added on the
+                             new slices: the union of previous and new slices.
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ from sparseseg.fileio import atomic_dir, write_json
 from sparseseg.selection.features import intensity_features, normalise_volume
 from sparseseg.selection.figures import contact_sheet, tsne_figure
 from sparseseg.selection.selector import Selection
-from sparseseg.selection.sparsify import annotation_mask, sparsify_labels
+from sparseseg.selection.sparsify import (
+    annotation_cost,
+    annotation_mask,
+    sparsify_labels,
+    total_cost,
+)
 
 
 def write_selection(
@@ -35,6 +43,7 @@ def write_selection(
     simulate_from_labels: bool = False,
     sheets: bool = True,
     tsne: bool = True,
+    dense_labels: Dataset | str | Path | None = None,
 ) -> Path:
     """Write ``selection`` (made on ``dataset``, default: the one it records) to the folder
     ``out``, atomically; return ``out``. See the module docstring for the contents."""
@@ -50,12 +59,24 @@ def write_selection(
     if out.exists() and not overwrite:
         raise InputError("output already exists (pass --overwrite to replace it)", out)
     names = list(selection.cases)
+    dense = None
+    if simulate_from_labels and selection.round is not None:
+        if dense_labels is None:
+            recorded = ds.meta.get("sparse_annotation", {}).get("source")
+            hint = f" (its dataset.json names {recorded} as the source)" if recorded else ""
+            raise InputError(
+                "simulating a later round needs a dataset with the dense labels: pass "
+                f"--dense-labels{hint}",
+                ds.root,
+            )
+        dense = dense_labels if isinstance(dense_labels, Dataset) else Dataset.open(dense_labels)
     if simulate_from_labels:
-        missing = [c for c in names if not ds.label_path(c).exists()]
+        source = ds if dense is None else dense
+        missing = [c for c in names if not source.label_path(c).exists()]
         if missing:
             raise InputError(
                 f"--simulate-from-labels needs dense labels; labelsTr lacks {missing[:3]}",
-                ds.root,
+                source.root,
             )
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_json(tmp / "selection.json", selection.to_json())
@@ -90,13 +111,18 @@ def write_selection(
             title = f"{first}: {selection.strategy} s{selection.budget:g}, {kind} features"
             tsne_figure(feats, selection.chosen(first), tmp / "tsne.png", title, selection.seed)
         if simulate_from_labels:
-            simulate_sparse_dataset(ds, selection, tmp / "dataset")
+            simulate_sparse_dataset(ds, selection, tmp / "dataset", dense)
     return out
 
 
-def simulate_sparse_dataset(ds: Dataset, selection: Selection, dest: str | Path) -> Path:
+def simulate_sparse_dataset(
+    ds: Dataset, selection: Selection, dest: str | Path, dense: Dataset | None = None
+) -> Path:
     """Write a canonical dataset at ``dest`` whose training labels are the true labels on the
     chosen slices and ``ignore`` elsewhere (as if an annotator had labelled only those slices).
+
+    With ``dense`` (a later round): the true labels come from ``dense`` and every voxel ``ds``
+    has labelled already keeps its label; the two must agree there (InputError otherwise).
 
     Training images are copied byte for byte; imagesTs/labelsTs are copied unchanged, so the
     sparse dataset trains and evaluates as it is. The source is never modified.
@@ -108,8 +134,18 @@ def simulate_sparse_dataset(ds: Dataset, selection: Selection, dest: str | Path)
         image_path = ds.image_path(name)
         (dest / "imagesTr").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(image_path, dest / "imagesTr" / image_path.name)
-        label = ds.load_label(name, image=ds.load_image(name))
+        image = ds.load_image(name)
+        label = (ds if dense is None else dense).load_label(name, image=image)
         sparse = sparsify_labels(label.array, case.chosen, ignore)
+        if dense is not None:
+            current = ds.load_label(name, image=image).array
+            done = current != ds.ignore_value
+            if np.any(label.array[done] != current[done]):
+                raise InputError(
+                    f"dense labels of {name} differ from its current labels on annotated voxels",
+                    dense.label_path(name),
+                )
+            sparse = np.where(done, current, sparse)
         if sparse.max() <= 255 and sparse.min() >= 0:
             sparse = sparse.astype(np.uint8)
         write_nifti(dest / "labelsTr" / f"{name}{ds.file_ending}", Volume(sparse, label.affine))
@@ -123,7 +159,7 @@ def simulate_sparse_dataset(ds: Dataset, selection: Selection, dest: str | Path)
     reserved = {"labels", "numTraining", "channel_names", "file_ending", "name"}
     extra = {k: v for k, v in ds.meta.items() if k not in reserved}
     extra["sparse_annotation"] = {
-        "source": str(ds.root),
+        "source": str(ds.root if dense is None else dense.root),
         "strategy": selection.strategy,
         "budget": selection.budget,
         "planes": list(selection.planes),
@@ -131,12 +167,26 @@ def simulate_sparse_dataset(ds: Dataset, selection: Selection, dest: str | Path)
         "annotated_fraction": selection.cost["annotated_fraction"],
         "covered_fraction": selection.cost["covered_fraction"],
     }
+    if dense is not None:  # the labelled fraction of the union of all rounds' slices
+        union = {
+            n: {p: [*(c.annotated or []), *c.indices] for p, c in case.planes.items()}
+            for n, case in selection.cases.items()
+        }
+        cost = total_cost([annotation_cost(selection.cases[n].shape, u) for n, u in union.items()])
+        extra["sparse_annotation"].update(
+            round=selection.round,
+            previous=str(ds.root),
+            annotated_fraction=cost["annotated_fraction"],
+            covered_fraction=cost["covered_fraction"],
+        )
     write_dataset_json(
         dest,
         labels,
         num_training=len(selection.cases),
         channel_names=ds.meta.get("channel_names"),
-        name=f"{ds.name}_{selection.strategy}_s{selection.budget:g}",
+        name=f"{ds.name}_{selection.strategy}_s{selection.budget:g}"
+        if dense is None
+        else f"{ds.name}_round{selection.round}",
         **extra,
     )
     return dest

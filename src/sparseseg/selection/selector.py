@@ -41,12 +41,18 @@ class PlaneChoice:
     ``indices``: slice indices along the plane's normal axis, in priority order.
     ``gains``: the facility-location gain of each choice (``ra`` only).
     ``coverage``: F(S) of the choice under the selection features (``ra`` only).
+    In a later annotation round (:mod:`sparseseg.selection.rounds`): ``annotated`` the slices
+    labelled before (S0, never re-picked; ``coverage`` is then F(S0 + S)), and per choice the
+    model's ``uncertainty`` and the ``scores`` that ranked it.
     """
 
     num_slices: int
     indices: list[int]
     gains: list[float] | None = None
     coverage: float | None = None
+    annotated: list[int] | None = None
+    uncertainty: list[float] | None = None
+    scores: list[float] | None = None
 
     def to_json(self) -> dict:
         out = {"num_slices": self.num_slices, "count": len(self.indices), "indices": self.indices}
@@ -54,6 +60,9 @@ class PlaneChoice:
             out["gains"] = self.gains
             out["coverage"] = self.coverage
             out["mean_coverage"] = self.coverage / self.num_slices
+        for key in ("annotated", "uncertainty", "scores"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
 
@@ -95,6 +104,9 @@ class Selection:
     dataset: str | None = None
     # Slice features per case and plane (``ra`` only); kept for figures, not written to JSON.
     features: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    # Annotation round (2 for the first round after the initial selection) and how it chose.
+    round: int | None = None
+    round_info: dict | None = None
 
     @property
     def cost(self) -> dict:
@@ -105,6 +117,7 @@ class Selection:
         return self.cases[case].chosen
 
     def to_json(self) -> dict:
+        extra = {} if self.round is None else {"round": self.round, "round_info": self.round_info}
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -115,6 +128,7 @@ class Selection:
             "seed": self.seed,
             "extractor": self.extractor,
             "cost": self.cost,
+            **extra,
             "cases": {name: c.to_json() for name, c in self.cases.items()},
         }
 
@@ -125,7 +139,15 @@ class Selection:
         cases = {}
         for name, c in data["cases"].items():
             planes = {
-                p: PlaneChoice(v["num_slices"], v["indices"], v.get("gains"), v.get("coverage"))
+                p: PlaneChoice(
+                    v["num_slices"],
+                    v["indices"],
+                    v.get("gains"),
+                    v.get("coverage"),
+                    v.get("annotated"),
+                    v.get("uncertainty"),
+                    v.get("scores"),
+                )
                 for p, v in c["planes"].items()
             }
             cases[name] = CaseSelection(name, tuple(c["shape"]), planes)
@@ -137,6 +159,8 @@ class Selection:
             extractor=data["extractor"],
             cases=cases,
             dataset=data.get("dataset"),
+            round=data.get("round"),
+            round_info=data.get("round_info"),
         )
 
 
@@ -166,6 +190,38 @@ def check_volume_content(array: np.ndarray, case: str) -> None:
         raise InputError(
             f"volume is constant (every voxel is {float(array.min()):g}): nothing to select", case
         )
+
+
+def slice_features(
+    volumes: Sequence[np.ndarray],
+    planes: Sequence[str],
+    extractor: str = "vgg",
+    weights=None,
+    seed: int = 0,
+    steps: int = 300,
+    image_size: int | None = None,
+    device: str | None = None,
+    progress: bool = False,
+    feature_cache: str | Path | None = None,
+) -> FeatureSet:
+    """The ``ra`` slice features of volumes (X, Y, Z), from ``feature_cache`` when it has them."""
+
+    def compute() -> FeatureSet:
+        return extract_features(
+            volumes, planes, extractor, weights, seed, steps, 64, image_size, device, progress
+        )
+
+    if feature_cache is None:
+        return compute()
+    weights_path = resolve_weights(weights) if extractor == "vgg" else None
+    settings = {
+        "extractor": extractor,
+        "weights": None if weights_path is None else str(weights_path),
+        "seed": seed,
+        "steps": steps,
+        "image_size": image_size,
+    }
+    return cached_features(feature_cache, volumes, planes, settings, compute)
 
 
 def select_volumes(
@@ -204,24 +260,10 @@ def select_volumes(
 
     features, info = None, None
     if strategy == "ra":
-
-        def compute() -> FeatureSet:
-            return extract_features(
-                volumes, planes, extractor, weights, seed, steps, 64, image_size, device, progress
-            )
-
-        if feature_cache is None:
-            fs = compute()
-        else:
-            weights_path = resolve_weights(weights) if extractor == "vgg" else None
-            settings = {
-                "extractor": extractor,
-                "weights": None if weights_path is None else str(weights_path),
-                "seed": seed,
-                "steps": steps,
-                "image_size": image_size,
-            }
-            fs = cached_features(feature_cache, volumes, planes, settings, compute)
+        fs = slice_features(
+            volumes, planes, extractor, weights, seed, steps, image_size, device, progress,
+            feature_cache,
+        )  # fmt: skip
         features, info = fs.features, fs.info
 
     cases: dict[str, CaseSelection] = {}
