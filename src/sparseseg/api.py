@@ -129,6 +129,7 @@ def predict(
     device: str | None = None,
     precision: str = "auto",
     progress: bool = True,
+    quality: bool = True,
 ):
     """Segment images with a trained model folder; like ``sparseseg predict``.
 
@@ -136,7 +137,8 @@ def predict(
     an (X, Y, Z) array or Volume (returns ``{part: Prediction}`` with ``labels`` uint8 (X, Y, Z)
     and, with ``probabilities``, float32 (C, X, Y, Z); nothing is written). ``parts``: 'meta'
     (default), base models alone ('3d', 'xy', 'xz', 'yz'), several, or 'all' (the meta-model,
-    the 3D model and the 2D model along each plane it was trained on).
+    the 3D model and the 2D model along each plane it was trained on). ``quality``: with files
+    and the meta-model, also write the quality flags (``out/quality.json``, ...).
     """
     from sparseseg.errors import InputError
     from sparseseg.predict import Predictor, parse_parts, predict_files, trained_parts
@@ -158,6 +160,7 @@ def predict(
         device=device,
         precision=precision,
         progress=progress,
+        quality=quality,
     )
 
 

@@ -17,7 +17,9 @@ Outputs (:func:`predict_files`): ``OUT/CASE.nii.gz`` label maps (uint8) with the
 or ``OUT/PART/CASE.nii.gz`` for several parts; with probabilities also
 ``.../probabilities/CASE.nii.gz`` (float32 X, Y, Z, C). CASE is the file name without the NIfTI
 suffix and without nnU-Net's ``_0000`` channel suffix, so ``sparseseg evaluate`` matches it to
-``labelsTs/CASE.nii.gz``.
+``labelsTs/CASE.nii.gz``. With the meta-model, quality flags (:mod:`sparseseg.quality`):
+``OUT/quality/CASE.json`` per case, and the cases and slices to check first, ranked, in
+``OUT/quality.json``, ``OUT/quality_cases.csv`` and ``OUT/quality_slices.csv``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 from sparseseg.bundle import Bundle, load_bundle
 from sparseseg.data.io import is_nifti, read_nifti, strip_nifti_suffix, write_nifti
 from sparseseg.errors import InputError
+from sparseseg.fileio import write_json, write_text
 
 PARTS = ("meta", "3d", "xy", "xz", "yz")
 PL_PARTS = ("xy", "xz", "yz", "3d")  # the sets whose mean is A(Y), in training's order
@@ -238,9 +241,11 @@ def predict_files(
     precision: str = "auto",
     progress: bool = True,
     overwrite: bool = True,
+    quality: bool = True,
 ) -> dict[str, dict[str, Path]]:
     """Predict every input image and write label maps (and probabilities); return
-    ``{case: {part: label path}}``.
+    ``{case: {part: label path}}``. With ``quality`` and the meta-model among ``parts``, also
+    the quality flags (module docstring).
 
     Inputs are never modified; every output is written atomically with the source affine. With
     ``overwrite=False`` cases whose outputs all exist are skipped. Under torchrun the images are
@@ -256,6 +261,11 @@ def predict_files(
     parts = parse_parts(parts, trained_parts(predictor.bundle))
     out_dir = Path(out_dir)
     several = len(parts) > 1
+    quality = quality and "meta" in parts
+    # The quality flags need every PL set's labels and the meta-model's probabilities; the
+    # meta-model runs the PL sets anyway, so this costs no extra model run.
+    run_parts = parse_parts([*parts, *predictor.pl_sets]) if quality else parts
+    keep_probs = (*(parts if probabilities else ()), *(("meta",) if quality else ()))
     runs_per_case = len(runs_needed(parts, predictor.pl_sets))
     written: dict[str, dict[str, Path]] = {}
     bar = tqdm(
@@ -268,8 +278,12 @@ def predict_files(
         for file in files:
             case = case_name(file)
             targets = {p: output_paths(out_dir, case, p, several) for p in parts}
-            if not overwrite and all(
-                t[0].exists() and (t[1].exists() or not probabilities) for t in targets.values()
+            if (
+                not overwrite
+                and all(
+                    t[0].exists() and (t[1].exists() or not probabilities) for t in targets.values()
+                )
+                and (not quality or quality_path(out_dir, case).exists())
             ):
                 written[case] = {p: t[0] for p, t in targets.items()}
                 bar.update(runs_per_case)
@@ -277,9 +291,13 @@ def predict_files(
             bar.set_postfix(case=case, refresh=False)
             volume = read_nifti(file, dtype=np.float32)
             result = predictor.predict(
-                volume.array, parts, probabilities=probabilities, step=lambda _n: bar.update(1)
+                volume.array, run_parts, probabilities=keep_probs, step=lambda _n: bar.update(1)
             )
+            if quality:
+                write_json(quality_path(out_dir, case), case_record(predictor, result))
             for part, pred in result.items():
+                if part not in parts:
+                    continue
                 label_path, prob_path = targets[part]
                 write_nifti(label_path, pred.labels, volume.affine)
                 if probabilities and pred.probabilities is not None:
@@ -291,4 +309,44 @@ def predict_files(
     if distributed.world_size() > 1:
         merged = {k: v for part in distributed.all_gather_object(written) for k, v in part.items()}
         written = {case_name(f): merged[case_name(f)] for f in all_files}
+    if quality and distributed.is_main():
+        write_quality_summary(out_dir, list(written))
     return written
+
+
+def quality_path(out_dir: Path, case: str) -> Path:
+    """The quality record of one case."""
+    return out_dir / "quality" / f"{case}.json"
+
+
+def case_record(predictor: Predictor, result: dict[str, Prediction]) -> dict:
+    """The quality record of one case from a prediction with every PL set and the meta-model's
+    probabilities."""
+    from sparseseg.quality import case_quality
+    from sparseseg.uncertainty import vote_counts
+
+    sets = predictor.pl_sets
+    votes = vote_counts([result[p].labels for p in sets], predictor.num_classes)
+    meta = result["meta"]
+    return case_quality(meta.labels, meta.probabilities, votes, len(sets), predictor.bundle.planes)
+
+
+def write_quality_summary(out_dir: Path, cases: Sequence[str]) -> None:
+    """Rank the cases' quality records: OUT/quality.json, quality_cases.csv, quality_slices.csv."""
+    import json
+
+    from sparseseg.quality import RULE, rank_cases, rank_slices
+
+    records = {c: json.loads(quality_path(out_dir, c).read_text()) for c in cases}
+    ranked, slices = rank_cases(records), rank_slices(records)
+    write_json(out_dir / "quality.json", {"rule": RULE, "cases": ranked, "slices": slices})
+    keys = ("rank", "case", "score", "disagreement", "entropy", "foreground_voxels")
+    lines = [",".join(keys), *(",".join(_csv(r[k]) for k in keys) for r in ranked)]
+    write_text(out_dir / "quality_cases.csv", "\n".join(lines) + "\n")
+    keys = ("rank", "case", "plane", "index", "mass")
+    lines = [",".join(keys), *(",".join(_csv(r[k]) for k in keys) for r in slices)]
+    write_text(out_dir / "quality_slices.csv", "\n".join(lines) + "\n")
+
+
+def _csv(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
