@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "phantom": "phantom",
     "import": "import_",
     "select": "select",
+    "advise": "advise",
     "pseudolabel": "pseudolabel",
     "train": "train",
     "predict": "predict",
