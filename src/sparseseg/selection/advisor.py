@@ -356,9 +356,11 @@ def advice_figure(advice: dict, path: str | Path) -> None:
 
     planes = advice["planes"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    ks = [r["slices"] for r in advice["by_slices"]]
+    # From one slice on (F of no slice is 0) unless a round starts from annotated slices.
+    shown = [r for r in advice["by_slices"] if advice["round"] or r["slices"] > 0]
+    ks = [r["slices"] for r in shown]
     for p in planes:
-        left.plot(ks, [r[f"coverage_{p}"] for r in advice["by_slices"]], label=p)
+        left.plot(ks, [r[f"coverage_{p}"] for r in shown], label=p)
     left.axhline(advice["target"], color="grey", lw=0.8, ls="--")
     left.set_xlabel("new slices per plane per volume" if advice["round"] else "slices per plane")
     left.set_ylabel("coverage F(S) / F(all)")
