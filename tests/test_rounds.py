@@ -253,3 +253,20 @@ def test_round_errors_exit_2(round_one, tmp_path, capsys):
                   "--dense-labels", other) == 2  # fmt: skip
     assert "differ from its current labels" in capsys.readouterr().err
     assert not (tmp_path / "f").exists()
+
+
+def test_advise_after_a_round(round_one, tmp_path):
+    dense, sparse, model = round_one
+    out = tmp_path / "adv"
+    assert main(["advise", str(sparse), "--round", str(model), "--extractor", "intensity",
+                 "--out", str(out)]) == 0  # fmt: skip
+    advice = json.loads((out / "advice.json").read_text())
+    assert advice["round"] and advice["model"] == str(model)
+    rows = advice["budgets"]
+    # s1 takes every unannotated slice: full coverage, no uncertainty left; sparser budgets
+    # leave more of it.
+    assert rows[0]["coverage"] == pytest.approx(1.0) and rows[0]["uncertainty_left"] == 0
+    left = [r["uncertainty_left"] for r in rows]
+    assert all(a <= b + 1e-12 for a, b in zip(left, left[1:], strict=False))
+    assert 0 < advice["coverage_now"] < 1
+    assert "uncertainty left" in (out / "advice.md").read_text()

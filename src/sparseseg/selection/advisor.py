@@ -163,6 +163,12 @@ def recommend_slices(rows: Sequence[dict], planes: Sequence[str], target: float)
     return out
 
 
+def check_target(target: float) -> None:
+    """The coverage target must lie in (0, 1]."""
+    if not 0.0 < target <= 1.0:
+        raise InputError(f"coverage target must be in (0, 1], got {target:g}")
+
+
 def advise_volumes(
     features: Sequence[dict[str, np.ndarray]],
     shapes: Sequence[tuple[int, int, int]],
@@ -178,8 +184,7 @@ def advise_volumes(
     table, the coverage-by-slices table, the recommendation and the rule."""
     from sparseseg.uncertainty import slice_means
 
-    if not 0.0 < target <= 1.0:
-        raise InputError(f"coverage target must be in (0, 1], got {target:g}")
+    check_target(target)
     curves = []
     for v, feats in enumerate(features):
         vol = {}
@@ -235,6 +240,7 @@ def advise(
     from sparseseg.report import write_rows
     from sparseseg.selection.selector import check_volume_content, slice_features
 
+    check_target(target)
     ds = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
     out = Path(out)
     if out.exists() and not overwrite:
