@@ -22,12 +22,12 @@ import numpy as np
 
 from sparseseg.data.volume import Volume
 
-__all__ = ["select", "train", "predict", "evaluate"]
+__all__ = ["select", "advise", "train", "predict", "evaluate"]
 
 
 def select(
     dataset: str | Path,
-    budget: float,
+    budget: float | None,
     out: str | Path | None = None,
     *,
     strategy: str = "ra",
@@ -43,12 +43,20 @@ def select(
     overwrite: bool = False,
     progress: bool = True,
     feature_cache: str | Path | None = None,
+    model: str | Path | None = None,
+    total_slices: int | None = None,
+    uncertainty_weight: float | None = None,
+    uncertainty: str = "disagreement",
+    dense_labels: str | Path | None = None,
 ):
     """Choose the slices to annotate (Step I); like ``sparseseg select``.
 
     Returns the :class:`sparseseg.selection.Selection` (cases, planes, chosen slices in priority
     order with their gains, annotation cost). With ``out`` it is also written there; with
     ``simulate_from_labels`` ``out/dataset`` holds the true labels on the chosen slices only.
+    With ``model`` (``--round``): the next round from the dataset's current sparse labels, by
+    ``budget`` or ``total_slices`` (docs/selection.md); ``dense_labels`` then names the dataset
+    whose labels simulate the new slices.
     """
     from sparseseg.data.layout import Dataset
     from sparseseg.errors import InputError
@@ -57,20 +65,46 @@ def select(
     if simulate_from_labels and out is None:
         raise InputError("simulate_from_labels needs an output folder (out=...)")
     ds = Dataset.open(dataset)
-    selection = select_slices(
-        ds,
-        budget,
-        strategy,
-        planes,
-        extractor,
-        weights,
-        seed,
-        steps=steps,
-        image_size=image_size,
-        device=device,
-        progress=progress,
-        feature_cache=feature_cache,
-    )
+    if model is None:
+        if total_slices is not None or uncertainty_weight is not None:
+            raise InputError("total_slices and uncertainty_weight apply to later rounds (model=)")
+        if budget is None:
+            raise InputError("a budget is required")
+        selection = select_slices(
+            ds,
+            budget,
+            strategy,
+            planes,
+            extractor,
+            weights,
+            seed,
+            steps=steps,
+            image_size=image_size,
+            device=device,
+            progress=progress,
+            feature_cache=feature_cache,
+        )
+    else:
+        from sparseseg.selection.next_round import select_next_round
+        from sparseseg.selection.rounds import DEFAULT_WEIGHT
+
+        selection = select_next_round(
+            ds,
+            model,
+            budget,
+            total_slices,
+            planes,
+            DEFAULT_WEIGHT if uncertainty_weight is None else uncertainty_weight,
+            uncertainty,
+            extractor,
+            weights,
+            seed,
+            steps=steps,
+            image_size=image_size,
+            device=device,
+            progress=progress,
+            feature_cache=feature_cache,
+        )
     if out is not None:
         write_selection(
             selection,
@@ -80,8 +114,18 @@ def select(
             simulate_from_labels=simulate_from_labels,
             sheets=figures,
             tsne=figures,
+            dense_labels=dense_labels,
         )
     return selection
+
+
+def advise(dataset: str | Path, out: str | Path, **options) -> dict:
+    """Advise an annotation budget; like ``sparseseg advise``. Returns the advice (budget table,
+    coverage by slices, the recommended budget and its rule) and writes it to ``out``; options
+    as :func:`sparseseg.selection.advisor.advise` (``model=`` for the view after a round)."""
+    from sparseseg.selection.advisor import advise as run_advisor
+
+    return run_advisor(dataset, out, **options)
 
 
 def train(

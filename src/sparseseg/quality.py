@@ -42,17 +42,30 @@ def case_quality(
 ) -> dict:
     """The quality record of one case (module docstring): score, disagreement, entropy,
     foreground sizes and its ``top`` slices as ``{"plane", "index", "mass"}``."""
-    labels = np.asarray(meta_labels).astype(np.intp, copy=False)
+    labels = np.asarray(meta_labels)
     if votes.shape[1:] != labels.shape or meta_probs.shape[1:] != labels.shape:
         raise ValueError("labels (X, Y, Z), probabilities and votes (C, X, Y, Z) must agree")
-    agree = np.take_along_axis(votes, labels[None], axis=0)[0]
-    d = 1.0 - agree.astype(np.float32) / np.float32(num_sets)
+    # Whole-volume temporaries are float32 or smaller and updated in place: a large volume's
+    # flags cost a few bytes per voxel beside the prediction itself.
+    agree = np.zeros(labels.shape, np.uint8)
+    for c in range(votes.shape[0]):
+        np.copyto(agree, votes[c], where=labels == c)
+    d = agree.astype(np.float32)
+    del agree
+    d *= np.float32(-1.0 / num_sets)
+    d += np.float32(1.0)
     fg = labels != 0
-    union = fg | (votes[0] < num_sets)
+    union = votes[0] < num_sets
+    union |= fg
     e = normalised_entropy(meta_probs)
-    disagreement = float(d[union].mean()) if union.any() else 0.0
-    entropy = float(e[fg].mean()) if fg.any() else 0.0
-    mass = (np.where(union, d, 0.0) + np.where(fg, e, 0.0)) / 2.0
+    disagreement = float(d.mean(where=union, dtype=np.float64)) if union.any() else 0.0
+    entropy = float(e.mean(where=fg, dtype=np.float64)) if fg.any() else 0.0
+    mass = d
+    mass *= union
+    e *= fg
+    mass += e
+    mass *= np.float32(0.5)
+    del e
     slices = [
         {"plane": p, "index": int(n), "mass": float(m)}
         for p in planes

@@ -46,12 +46,15 @@ def normalised_entropy(probs: np.ndarray) -> np.ndarray:
     if c < 2:
         return np.zeros(probs.shape[1:], dtype=np.float32)
     out = np.zeros(probs.shape[1:], dtype=np.float32)
+    term = np.empty_like(out)
     for k in range(c):
         p = np.asarray(probs[k], dtype=np.float32)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out -= np.where(p > 0, p * np.log(p), np.float32(0.0))
+        term.fill(0.0)
+        np.log(p, out=term, where=p > 0)
+        term *= p
+        out -= term
     out /= np.float32(np.log(c))
-    return np.clip(out, 0.0, 1.0)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def vote_entropy(votes: np.ndarray, num_sets: int) -> np.ndarray:

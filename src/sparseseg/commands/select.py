@@ -119,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from sparseseg import api
     from sparseseg.data.layout import Dataset
     from sparseseg.errors import InputError
-    from sparseseg.selection import select_slices, write_selection
     from sparseseg.selection.vgg import WEIGHTS_FILE, default_weights_path, resolve_weights
 
     out = Path(args.out)
@@ -136,51 +136,27 @@ def run(args: argparse.Namespace) -> int:
             "initialisation",
             file=sys.stderr,
         )
-    if args.round is None:
-        selection = select_slices(
-            ds,
-            args.budget,
-            args.strategy,
-            args.planes,
-            args.extractor,
-            args.weights,
-            args.seed,
-            steps=args.steps,
-            image_size=args.image_size,
-            device=args.device,
-            progress=True,
-            feature_cache=args.feature_cache,
-        )
-    else:
-        from sparseseg.selection.next_round import select_next_round
-        from sparseseg.selection.rounds import DEFAULT_WEIGHT
-
-        weight = DEFAULT_WEIGHT if args.uncertainty_weight is None else args.uncertainty_weight
-        selection = select_next_round(
-            ds,
-            args.round,
-            args.budget,
-            args.total_slices,
-            args.planes,
-            weight,
-            args.uncertainty,
-            args.extractor,
-            args.weights,
-            args.seed,
-            steps=args.steps,
-            image_size=args.image_size,
-            device=args.device,
-            progress=True,
-            feature_cache=args.feature_cache,
-        )
-    write_selection(
-        selection,
+    selection = api.select(
+        ds.root,
+        args.budget,
         out,
-        ds,
-        overwrite=args.overwrite,
+        strategy=args.strategy,
+        planes=args.planes,
+        extractor=args.extractor,
+        weights=args.weights,
+        seed=args.seed,
+        steps=args.steps,
+        image_size=args.image_size,
+        device=args.device,
         simulate_from_labels=args.simulate_from_labels,
-        sheets=not args.no_figures,
-        tsne=not args.no_figures,
+        figures=not args.no_figures,
+        overwrite=args.overwrite,
+        progress=True,
+        feature_cache=args.feature_cache,
+        model=args.round,
+        total_slices=args.total_slices,
+        uncertainty_weight=args.uncertainty_weight,
+        uncertainty=args.uncertainty,
         dense_labels=args.dense_labels,
     )
     cost = selection.cost
