@@ -39,6 +39,30 @@ def test_disagreement_ranks_first_by_hand():
     assert [s["mass"] for s in slices] == sorted((s["mass"] for s in slices), reverse=True)
 
 
+def test_slabs_give_the_whole_volume_formula():
+    """Volumes longer than a slab along X: the slab-wise sums equal the formula on the whole."""
+    from sparseseg.data.planes import to_slices
+    from sparseseg.uncertainty import normalised_entropy
+
+    rng = np.random.default_rng(0)
+    shape = (37, 9, 7)
+    sets = [rng.integers(0, 3, shape).astype(np.uint8) for _ in range(4)]
+    meta = rng.integers(0, 3, shape).astype(np.uint8)
+    probs = rng.dirichlet(np.ones(3), size=shape).transpose(3, 0, 1, 2).astype(np.float32)
+    votes = vote_counts(sets, 3)
+    q = case_quality(meta, probs, votes, 4, top=1000)
+    d = 1 - np.take_along_axis(votes, meta[None].astype(int), 0)[0] / 4
+    fg = meta != 0
+    union = fg | (votes[0] < 4)
+    e = normalised_entropy(probs)
+    assert q["disagreement"] == pytest.approx(d[union].mean())
+    assert q["entropy"] == pytest.approx(e[fg].mean())
+    mass = (d * union + e * fg) / 2
+    for s in q["slices"]:
+        assert s["mass"] == pytest.approx(to_slices(mass, s["plane"])[s["index"]].sum())
+    assert len(q["slices"]) == 37 + 9 + 7
+
+
 def test_empty_foreground_scores_zero():
     meta = np.zeros((4, 4, 4), np.uint8)
     probs = np.stack([np.ones((4, 4, 4)), np.zeros((4, 4, 4))]).astype(np.float32)

@@ -21,9 +21,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from sparseseg.uncertainty import normalised_entropy, slice_sums
+from sparseseg.data.planes import NORMAL_AXIS, num_slices
+from sparseseg.uncertainty import normalised_entropy
 
 TOP_SLICES = 10
+SLAB = 16  # voxels along X per slab of the computation
 RULE = (
     "score = (disagreement + entropy) / 2; disagreement: mean over the predicted foreground union "
     "of the fraction of base-model PL sets disagreeing with the meta-model; entropy: the "
@@ -45,31 +47,38 @@ def case_quality(
     labels = np.asarray(meta_labels)
     if votes.shape[1:] != labels.shape or meta_probs.shape[1:] != labels.shape:
         raise ValueError("labels (X, Y, Z), probabilities and votes (C, X, Y, Z) must agree")
-    # Whole-volume temporaries are float32 or smaller and updated in place: a large volume's
-    # flags cost a few bytes per voxel beside the prediction itself.
-    agree = np.zeros(labels.shape, np.uint8)
-    for c in range(votes.shape[0]):
-        np.copyto(agree, votes[c], where=labels == c)
-    d = agree.astype(np.float32)
-    del agree
-    d *= np.float32(-1.0 / num_sets)
-    d += np.float32(1.0)
-    fg = labels != 0
-    union = votes[0] < num_sets
-    union |= fg
-    e = normalised_entropy(meta_probs)
-    disagreement = float(d.mean(where=union, dtype=np.float64)) if union.any() else 0.0
-    entropy = float(e.mean(where=fg, dtype=np.float64)) if fg.any() else 0.0
-    mass = d
-    mass *= union
-    e *= fg
-    mass += e
-    mass *= np.float32(0.5)
-    del e
+    # Slabs along X bound the temporaries, so a large volume's flags cost little memory beside
+    # the prediction itself.
+    sums = {p: np.zeros(num_slices(labels.shape, p)) for p in planes}
+    d_sum = e_sum = 0.0
+    n_union = n_fg = 0
+    for x0 in range(0, labels.shape[0], SLAB):
+        sl = slice(x0, x0 + SLAB)
+        lab, vote = labels[sl], votes[:, sl]
+        agree = np.zeros(lab.shape, np.uint8)
+        for c in range(vote.shape[0]):
+            np.copyto(agree, vote[c], where=lab == c)
+        d = 1.0 - agree.astype(np.float64) / num_sets
+        fg = lab != 0
+        union = fg | (vote[0] < num_sets)
+        e = normalised_entropy(meta_probs[:, sl]).astype(np.float64)
+        d_sum += float(d[union].sum())
+        e_sum += float(e[fg].sum())
+        n_union += int(union.sum())
+        n_fg += int(fg.sum())
+        mass = (d * union + e * fg) / 2.0
+        for p in planes:
+            axis = NORMAL_AXIS[p] % 3
+            if axis == 0:
+                sums[p][sl] = mass.sum(axis=(1, 2))
+            else:
+                sums[p] += mass.sum(axis=tuple(a for a in range(3) if a != axis))
+    disagreement = d_sum / n_union if n_union else 0.0
+    entropy = e_sum / n_fg if n_fg else 0.0
     slices = [
         {"plane": p, "index": int(n), "mass": float(m)}
         for p in planes
-        for n, m in enumerate(slice_sums(mass, p))
+        for n, m in enumerate(sums[p])
         if m > 0
     ]
     slices.sort(key=lambda s: (-s["mass"], planes.index(s["plane"]), s["index"]))
@@ -77,8 +86,8 @@ def case_quality(
         "score": (disagreement + entropy) / 2.0,
         "disagreement": disagreement,
         "entropy": entropy,
-        "foreground_voxels": int(fg.sum()),
-        "union_voxels": int(union.sum()),
+        "foreground_voxels": n_fg,
+        "union_voxels": n_union,
         "slices": slices[:top],
     }
 

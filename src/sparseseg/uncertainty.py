@@ -82,9 +82,3 @@ def slice_means(volume: np.ndarray, plane: str) -> np.ndarray:
     """(N,) float64: the mean of ``volume`` (X, Y, Z) over each slice of ``plane``."""
     slices = to_slices(np.asarray(volume, dtype=np.float64), plane)
     return slices.reshape(slices.shape[0], -1).mean(axis=1)
-
-
-def slice_sums(volume: np.ndarray, plane: str) -> np.ndarray:
-    """(N,) float64: the sum of ``volume`` (X, Y, Z) over each slice of ``plane``."""
-    slices = to_slices(np.asarray(volume, dtype=np.float64), plane)
-    return slices.reshape(slices.shape[0], -1).sum(axis=1)
