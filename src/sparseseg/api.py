@@ -85,6 +85,8 @@ def select(
             feature_cache=feature_cache,
         )
     else:
+        if strategy != "ra":
+            raise InputError("later rounds choose by coverage and uncertainty (strategy 'ra')")
         from sparseseg.selection.next_round import select_next_round
         from sparseseg.selection.rounds import DEFAULT_WEIGHT
 

@@ -33,7 +33,7 @@ import numpy as np
 from sparseseg.bundle import Bundle, load_bundle
 from sparseseg.data.io import is_nifti, read_nifti, strip_nifti_suffix, write_nifti
 from sparseseg.errors import InputError
-from sparseseg.fileio import write_json, write_text
+from sparseseg.fileio import write_json
 
 PARTS = ("meta", "3d", "xy", "xz", "yz")
 PL_PARTS = ("xy", "xz", "yz", "3d")  # the sets whose mean is A(Y), in training's order
@@ -278,12 +278,8 @@ def predict_files(
         for file in files:
             case = case_name(file)
             targets = {p: output_paths(out_dir, case, p, several) for p in parts}
-            if (
-                not overwrite
-                and all(
-                    t[0].exists() and (t[1].exists() or not probabilities) for t in targets.values()
-                )
-                and (not quality or quality_path(out_dir, case).exists())
+            if not overwrite and all(
+                t[0].exists() and (t[1].exists() or not probabilities) for t in targets.values()
             ):
                 written[case] = {p: t[0] for p, t in targets.items()}
                 bar.update(runs_per_case)
@@ -336,17 +332,13 @@ def write_quality_summary(out_dir: Path, cases: Sequence[str]) -> None:
     import json
 
     from sparseseg.quality import RULE, rank_cases, rank_slices
+    from sparseseg.report import write_rows
 
-    records = {c: json.loads(quality_path(out_dir, c).read_text()) for c in cases}
+    # Cases skipped as already predicted (overwrite=False) may have no record: left out.
+    paths = {c: quality_path(out_dir, c) for c in cases}
+    records = {c: json.loads(p.read_text()) for c, p in paths.items() if p.exists()}
     ranked, slices = rank_cases(records), rank_slices(records)
     write_json(out_dir / "quality.json", {"rule": RULE, "cases": ranked, "slices": slices})
-    keys = ("rank", "case", "score", "disagreement", "entropy", "foreground_voxels")
-    lines = [",".join(keys), *(",".join(_csv(r[k]) for k in keys) for r in ranked)]
-    write_text(out_dir / "quality_cases.csv", "\n".join(lines) + "\n")
-    keys = ("rank", "case", "plane", "index", "mass")
-    lines = [",".join(keys), *(",".join(_csv(r[k]) for k in keys) for r in slices)]
-    write_text(out_dir / "quality_slices.csv", "\n".join(lines) + "\n")
-
-
-def _csv(value) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    keys = ["rank", "case", "score", "disagreement", "entropy", "foreground_voxels"]
+    write_rows(out_dir / "quality_cases.csv", ranked, keys)
+    write_rows(out_dir / "quality_slices.csv", slices, ["rank", "case", "plane", "index", "mass"])
