@@ -253,6 +253,10 @@ def test_round_errors_exit_2(round_one, tmp_path, capsys):
                   "--dense-labels", other) == 2  # fmt: skip
     assert "differ from its current labels" in capsys.readouterr().err
     assert not (tmp_path / "f").exists()
+    # Sparse labels are not dense labels.
+    assert _round(sparse, model, tmp_path / "g", "--budget", 6, "--simulate-from-labels",
+                  "--dense-labels", sparse) == 2  # fmt: skip
+    assert "not dense" in capsys.readouterr().err
 
 
 def test_advise_after_a_round(round_one, tmp_path):

@@ -145,6 +145,12 @@ def simulate_sparse_dataset(
                     f"dense labels of {name} differ from its current labels on annotated voxels",
                     dense.label_path(name),
                 )
+            new = annotation_mask(label.shape, case.chosen)
+            if dense.ignore_value is not None and np.any(label.array[new] == dense.ignore_value):
+                raise InputError(
+                    f"labels of {name} are not dense: the new slices hold the ignore label",
+                    dense.label_path(name),
+                )
             sparse = np.where(done, current, sparse)
         if sparse.max() <= 255 and sparse.min() >= 0:
             sparse = sparse.astype(np.uint8)
