@@ -23,12 +23,12 @@ import numpy as np
 
 from sparseseg.data.volume import Volume
 
-__all__ = ["select", "import_annotations", "train", "predict", "evaluate"]
+__all__ = ["select", "advise", "import_annotations", "train", "predict", "evaluate"]
 
 
 def select(
     dataset: str | Path,
-    budget: float,
+    budget: float | None,
     out: str | Path | None = None,
     *,
     strategy: str = "ra",
@@ -44,12 +44,20 @@ def select(
     overwrite: bool = False,
     progress: bool = True,
     feature_cache: str | Path | None = None,
+    model: str | Path | None = None,
+    total_slices: int | None = None,
+    uncertainty_weight: float | None = None,
+    uncertainty: str = "disagreement",
+    dense_labels: str | Path | None = None,
 ):
     """Choose the slices to annotate (Step I); like ``sparseseg select``.
 
     Returns the :class:`sparseseg.selection.Selection` (cases, planes, chosen slices in priority
     order with their gains, annotation cost). With ``out`` it is also written there; with
     ``simulate_from_labels`` ``out/dataset`` holds the true labels on the chosen slices only.
+    With ``model`` (``--round``): the next round from the dataset's current sparse labels, by
+    ``budget`` or ``total_slices`` (docs/selection.md); ``dense_labels`` then names the dataset
+    whose labels simulate the new slices.
     """
     from sparseseg.data.layout import Dataset
     from sparseseg.errors import InputError
@@ -58,20 +66,48 @@ def select(
     if simulate_from_labels and out is None:
         raise InputError("simulate_from_labels needs an output folder (out=...)")
     ds = Dataset.open(dataset)
-    selection = select_slices(
-        ds,
-        budget,
-        strategy,
-        planes,
-        extractor,
-        weights,
-        seed,
-        steps=steps,
-        image_size=image_size,
-        device=device,
-        progress=progress,
-        feature_cache=feature_cache,
-    )
+    if model is None:
+        if total_slices is not None or uncertainty_weight is not None:
+            raise InputError("total_slices and uncertainty_weight apply to later rounds (model=)")
+        if budget is None:
+            raise InputError("a budget is required")
+        selection = select_slices(
+            ds,
+            budget,
+            strategy,
+            planes,
+            extractor,
+            weights,
+            seed,
+            steps=steps,
+            image_size=image_size,
+            device=device,
+            progress=progress,
+            feature_cache=feature_cache,
+        )
+    else:
+        if strategy != "ra":
+            raise InputError("later rounds choose by coverage and uncertainty (strategy 'ra')")
+        from sparseseg.selection.next_round import select_next_round
+        from sparseseg.selection.rounds import DEFAULT_WEIGHT
+
+        selection = select_next_round(
+            ds,
+            model,
+            budget,
+            total_slices,
+            planes,
+            DEFAULT_WEIGHT if uncertainty_weight is None else uncertainty_weight,
+            uncertainty,
+            extractor,
+            weights,
+            seed,
+            steps=steps,
+            image_size=image_size,
+            device=device,
+            progress=progress,
+            feature_cache=feature_cache,
+        )
     if out is not None:
         write_selection(
             selection,
@@ -81,8 +117,18 @@ def select(
             simulate_from_labels=simulate_from_labels,
             sheets=figures,
             tsne=figures,
+            dense_labels=dense_labels,
         )
     return selection
+
+
+def advise(dataset: str | Path, out: str | Path, **options) -> dict:
+    """Advise an annotation budget; like ``sparseseg advise``. Returns the advice (budget table,
+    coverage by slices, the recommended budget and its rule) and writes it to ``out``; options
+    as :func:`sparseseg.selection.advisor.advise` (``model=`` for the view after a round)."""
+    from sparseseg.selection.advisor import advise as run_advisor
+
+    return run_advisor(dataset, out, **options)
 
 
 def import_annotations(
@@ -169,6 +215,7 @@ def predict(
     device: str | None = None,
     precision: str = "auto",
     progress: bool = True,
+    quality: bool = True,
 ):
     """Segment images with a trained model folder; like ``sparseseg predict``.
 
@@ -177,7 +224,8 @@ def predict(
     ``{part: Prediction}`` with ``labels`` uint8 (X, Y, Z) and, with ``probabilities``, float32
     (C, X, Y, Z); nothing is written). ``parts``: 'meta'
     (default), base models alone ('3d', 'xy', 'xz', 'yz'), several, or 'all' (the meta-model,
-    the 3D model and the 2D model along each plane it was trained on).
+    the 3D model and the 2D model along each plane it was trained on). ``quality``: with files
+    and the meta-model, also write the quality flags (``out/quality.json``, ...).
     """
     from sparseseg.errors import InputError
     from sparseseg.predict import Predictor, parse_parts, predict_files, trained_parts
@@ -199,6 +247,7 @@ def predict(
         device=device,
         precision=precision,
         progress=progress,
+        quality=quality,
     )
 
 

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "phantom": "phantom",
     "import": "import_",
     "select": "select",
+    "advise": "advise",
     "annotate": "annotate",
     "annotations": "annotations",
     "pseudolabel": "pseudolabel",

@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "bf16", "fp32"),
         help="auto: bf16 where the hardware supports it (default)",
     )
+    parser.add_argument(
+        "--no-quality",
+        action="store_true",
+        help="skip the quality flags (DIR/quality.json, quality_cases.csv, quality_slices.csv: "
+        "the cases and slices to check first, from the base models' disagreement with the "
+        "meta-model and its entropy)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -58,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             device=str(device),
             precision=args.precision,
             progress=not args.quiet and distributed.is_main(),
+            quality=not args.no_quality,
         )
         if not distributed.is_main():
             return 0

@@ -6,7 +6,10 @@ from dense labels, a simulated sparse dataset.
     OUT/sheets/CASE.png      the chosen slices, in priority order
     OUT/tsne.png             slice features of the first case in 2D, chosen slices marked
     OUT/dataset/             (simulate_from_labels) canonical dataset: true labels on the chosen
-                             slices, ``ignore`` elsewhere; images and the test split copied
+                             slices, ``ignore`` elsewhere; images and the test split copied. In a
+                             later round (``selection.round``) the dataset's current labels are
+                             kept and the true labels, from ``dense_labels``, are added on the
+                             new slices: the union of previous and new slices.
 
 :func:`write_sparse_dataset` writes such a sparse dataset from any labels on chosen slices: the
 simulated ones here, annotators' painted ones in :mod:`sparseseg.annotation_import`.
@@ -44,6 +47,7 @@ def write_selection(
     simulate_from_labels: bool = False,
     sheets: bool = True,
     tsne: bool = True,
+    dense_labels: Dataset | str | Path | None = None,
 ) -> Path:
     """Write ``selection`` (made on ``dataset``, default: the one it records) to the folder
     ``out``, atomically; return ``out``. See the module docstring for the contents."""
@@ -59,12 +63,24 @@ def write_selection(
     if out.exists() and not overwrite:
         raise InputError("output already exists (pass --overwrite to replace it)", out)
     names = list(selection.cases)
+    dense = None
+    if simulate_from_labels and selection.round is not None:
+        if dense_labels is None:
+            recorded = ds.meta.get("sparse_annotation", {}).get("source")
+            hint = f" (its dataset.json names {recorded} as the source)" if recorded else ""
+            raise InputError(
+                "simulating a later round needs a dataset with the dense labels: pass "
+                f"--dense-labels{hint}",
+                ds.root,
+            )
+        dense = dense_labels if isinstance(dense_labels, Dataset) else Dataset.open(dense_labels)
     if simulate_from_labels:
-        missing = [c for c in names if not ds.label_path(c).exists()]
+        source = ds if dense is None else dense
+        missing = [c for c in names if not source.label_path(c).exists()]
         if missing:
             raise InputError(
                 f"--simulate-from-labels needs dense labels; labelsTr lacks {missing[:3]}",
-                ds.root,
+                source.root,
             )
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_json(tmp / "selection.json", selection.to_json())
@@ -99,7 +115,7 @@ def write_selection(
             title = f"{first}: {selection.strategy} s{selection.budget:g}, {kind} features"
             tsne_figure(feats, selection.chosen(first), tmp / "tsne.png", title, selection.seed)
         if simulate_from_labels:
-            simulate_sparse_dataset(ds, selection, tmp / "dataset")
+            simulate_sparse_dataset(ds, selection, tmp / "dataset", dense)
     return out
 
 
@@ -108,20 +124,42 @@ def first_channel(image: np.ndarray) -> np.ndarray:
     return image[0] if image.ndim == 4 else image
 
 
-def simulate_sparse_dataset(ds: Dataset, selection: Selection, dest: str | Path) -> Path:
+def simulate_sparse_dataset(
+    ds: Dataset, selection: Selection, dest: str | Path, dense: Dataset | None = None
+) -> Path:
     """Write a canonical dataset at ``dest`` whose training labels are the true labels on the
     chosen slices and ``ignore`` elsewhere (as if an annotator had labelled only those slices).
 
+    With ``dense`` (a later round): the true labels come from ``dense`` and every voxel ``ds``
+    has labelled already keeps its label; the two must agree there (InputError otherwise).
     See :func:`write_sparse_dataset` for the rest of its content. The source is never modified.
     """
     ignore = sparse_labels(ds)[IGNORE]
 
     def sparse_label(name: str) -> Volume:
-        label = ds.load_label(name, image=ds.load_image(name))
-        return label.with_array(sparsify_labels(label.array, selection.chosen(name), ignore))
+        image = ds.load_image(name)
+        label = (ds if dense is None else dense).load_label(name, image=image)
+        chosen = selection.chosen(name)
+        sparse = sparsify_labels(label.array, chosen, ignore)
+        if dense is not None:
+            current = ds.load_label(name, image=image).array
+            done = current != ds.ignore_value
+            if np.any(label.array[done] != current[done]):
+                raise InputError(
+                    f"dense labels of {name} differ from its current labels on annotated voxels",
+                    dense.label_path(name),
+                )
+            new = annotation_mask(label.shape, chosen)
+            if dense.ignore_value is not None and np.any(label.array[new] == dense.ignore_value):
+                raise InputError(
+                    f"labels of {name} are not dense: the new slices hold the ignore label",
+                    dense.label_path(name),
+                )
+            sparse = np.where(done, current, sparse)
+        return label.with_array(sparse)
 
     chosen = {name: case.chosen for name, case in selection.cases.items()}
-    return write_sparse_dataset(ds, selection, dest, chosen, sparse_label)
+    return write_sparse_dataset(ds, selection, dest, chosen, sparse_label, dense=dense)
 
 
 def sparse_labels(ds: Dataset) -> dict[str, int]:
@@ -135,11 +173,15 @@ def write_sparse_dataset(
     dest: str | Path,
     chosen: Mapping[str, Mapping[str, Sequence[int]]],
     sparse_label: Callable[[str], Volume],
+    *,
+    dense: Dataset | None = None,
 ) -> Path:
     """Write the sparse training dataset made from ``ds`` for the cases of ``chosen``.
 
     ``chosen``: case -> plane -> the slices annotated in it; ``sparse_label(case)``: its label
     map (X, Y, Z) with ``ignore`` off those slices (stored as uint8 where the values fit).
+    ``dense``: the dense labels a later round's slices were simulated from (recorded, with the
+    round and the cost of the union of all rounds' slices).
     Training images are copied byte for byte; imagesTs/labelsTs are copied unchanged, so the
     sparse dataset trains and evaluates as it is. dataset.json declares the ``ignore`` label and
     records the selection and the annotation cost of ``chosen`` under 'sparse_annotation'.
@@ -166,7 +208,7 @@ def write_sparse_dataset(
     reserved = {"labels", "numTraining", "channel_names", "file_ending", "name"}
     extra = {k: v for k, v in ds.meta.items() if k not in reserved}
     extra["sparse_annotation"] = {
-        "source": str(ds.root),
+        "source": str(ds.root if dense is None else dense.root),
         "strategy": selection.strategy,
         "budget": selection.budget,
         "planes": list(selection.planes),
@@ -174,12 +216,26 @@ def write_sparse_dataset(
         "annotated_fraction": cost["annotated_fraction"],
         "covered_fraction": cost["covered_fraction"],
     }
+    if dense is not None:  # the labelled fraction of the union of all rounds' slices
+        union = {
+            n: {p: [*(c.annotated or []), *c.indices] for p, c in case.planes.items()}
+            for n, case in selection.cases.items()
+        }
+        cost = total_cost([annotation_cost(selection.cases[n].shape, u) for n, u in union.items()])
+        extra["sparse_annotation"].update(
+            round=selection.round,
+            previous=str(ds.root),
+            annotated_fraction=cost["annotated_fraction"],
+            covered_fraction=cost["covered_fraction"],
+        )
     write_dataset_json(
         dest,
         labels,
         num_training=len(chosen),
         channel_names=ds.meta.get("channel_names"),
-        name=f"{ds.name}_{selection.strategy}_s{selection.budget:g}",
+        name=f"{ds.name}_{selection.strategy}_s{selection.budget:g}"
+        if dense is None
+        else f"{ds.name}_round{selection.round}",
         **extra,
     )
     return dest

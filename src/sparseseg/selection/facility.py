@@ -15,6 +15,10 @@ Both compute a gain with the same arithmetic, ``sum_j max(sim[i, j] - cur[j], 0)
 is the coverage of each slice so far. Each term can only shrink as ``cur`` grows and floating-point
 addition is monotone, so a stale gain is an upper bound in floating point too, not only in exact
 arithmetic. Ties go to the lowest index in both, so they agree exactly.
+
+Both can start from an initial set S0 (slices already annotated): they then maximise the
+conditioned gain F(S0 + S) - F(S0) and never re-pick S0. :func:`greedy` also takes a modular
+bonus per item (a model's uncertainty, for annotation rounds: :mod:`sparseseg.selection.rounds`).
 """
 
 from __future__ import annotations
@@ -69,15 +73,28 @@ def coverage(sim: np.ndarray, selected) -> float:
     return float(np.max(sim[selected], axis=0).sum())
 
 
-def _check(sim: np.ndarray, k: int) -> np.ndarray:
+def _check(sim: np.ndarray, k: int, initial=None) -> tuple[np.ndarray, np.ndarray]:
+    """The similarity as contiguous float64 and the initial set as distinct int64 indices."""
     sim = np.asarray(sim)
     if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
         raise ValueError(f"similarity must be a square matrix, got shape {sim.shape}")
-    if not 0 <= k <= sim.shape[0]:
-        raise ValueError(f"cannot choose {k} of {sim.shape[0]} items")
+    n = sim.shape[0]
+    start = np.asarray([] if initial is None else initial, dtype=np.int64).reshape(-1)
+    if start.size and (start.min() < 0 or start.max() >= n or np.unique(start).size != start.size):
+        raise ValueError(f"initial set must hold distinct indices in 0..{n - 1}, got {start}")
+    if not 0 <= k <= n - start.size:
+        raise ValueError(f"cannot choose {k} more of {n} items ({start.size} already chosen)")
     if sim.dtype != np.float64:
         sim = sim.astype(np.float64)
-    return np.ascontiguousarray(sim)
+    return np.ascontiguousarray(sim), start
+
+
+def _initial_coverage(sim: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """cur (n,): the coverage of each item by the initial set (zeros for the empty set)."""
+    cur = np.zeros(sim.shape[0])
+    for i in start:
+        np.maximum(cur, sim[i], out=cur)
+    return cur
 
 
 def _row_gains(rows: np.ndarray, cur: np.ndarray) -> np.ndarray:
@@ -88,32 +105,54 @@ def _row_gains(rows: np.ndarray, cur: np.ndarray) -> np.ndarray:
     return np.maximum(rows - cur, 0.0).sum(axis=1)
 
 
-def greedy(sim: np.ndarray, k: int) -> GreedyResult:
+def greedy(
+    sim: np.ndarray,
+    k: int,
+    initial=None,
+    gain_weight: float = 1.0,
+    bonus: np.ndarray | None = None,
+) -> GreedyResult:
     """Plain greedy facility location: k steps, each evaluating every remaining candidate.
 
     ``sim`` (n, n) non-negative similarities (row i: how well item i covers each item j).
+    ``initial``: indices already chosen (S0): the greedy starts from S0, never re-picks them and
+    records the gains F(S0 + S + {i}) - F(S0 + S); ``value`` is F(S0 + S).
+    ``gain_weight`` and ``bonus`` (n,) make the step's score ``gain_weight * gain + bonus[i]``
+    (a modular term added to F, e.g. a model's uncertainty per item); the recorded gains stay the
+    facility-location gains. With the defaults it is plain greedy on F.
     """
-    sim = _check(sim, k)
+    sim, start = _check(sim, k, initial)
     n = sim.shape[0]
-    cur = np.zeros(n)
+    if bonus is not None:
+        bonus = np.asarray(bonus, dtype=np.float64).reshape(-1)
+        if bonus.shape != (n,) or not np.isfinite(bonus).all():
+            raise ValueError(f"bonus must be {n} finite values, got shape {bonus.shape}")
+    cur = _initial_coverage(sim, start)
     taken = np.zeros(n, dtype=bool)
+    taken[start] = True
     order = np.empty(k, dtype=np.int64)
     gains = np.empty(k)
     for t in range(k):
         g = _row_gains(sim, cur)
-        g[taken] = -np.inf
-        i = int(np.argmax(g))  # first maximum: the lowest index wins ties
+        score = (
+            g
+            if bonus is None and gain_weight == 1.0
+            else gain_weight * g + (0.0 if bonus is None else bonus)
+        )
+        score[taken] = -np.inf
+        i = int(np.argmax(score))  # first maximum: the lowest index wins ties
         order[t], gains[t] = i, g[i]
         taken[i] = True
         np.maximum(cur, sim[i], out=cur)
     return GreedyResult(order, gains, float(cur.sum()))
 
 
-def lazy_greedy(sim: np.ndarray, k: int, symmetric: bool = True) -> GreedyResult:
+def lazy_greedy(sim: np.ndarray, k: int, symmetric: bool = True, initial=None) -> GreedyResult:
     """Lazy greedy facility location: the same order, gains and F(S) as :func:`greedy`, faster.
 
     ``sim`` (n, n) non-negative similarities; with ``symmetric`` (the default, true of cosine
-    similarities) row j is read in place of column j, which is faster.
+    similarities) row j is read in place of column j, which is faster. ``initial``: indices
+    already chosen, as in :func:`greedy`.
 
     Each candidate has an upper bound on its gain. The candidate with the highest bound (lowest
     index on ties) is evaluated exactly with the arithmetic of :func:`greedy`; once the exactly
@@ -122,18 +161,21 @@ def lazy_greedy(sim: np.ndarray, k: int, symmetric: bool = True) -> GreedyResult
     slices whose coverage rose, and loosened by a bound on the rounding error of that update, so
     they stay upper bounds of the floating-point gains. Usually one evaluation per step suffices.
     """
-    sim = _check(sim, k)
+    sim, start = _check(sim, k, initial)
     n = sim.shape[0]
     order = np.empty(k, dtype=np.int64)
     gains = np.empty(k)
+    cur = _initial_coverage(sim, start)
     if k == 0:
-        return GreedyResult(order, gains, 0.0)
+        return GreedyResult(order, gains, float(cur.sum()))
     if not sim.min() >= 0.0:
         raise ValueError("similarities must be non-negative and finite (clip negatives to 0)")
     eps = np.finfo(np.float64).eps
-    cur = np.zeros(n)
-    # With cur = 0 a gain is the row sum; the margin covers a different summation order.
-    bounds = sim.sum(axis=1) + 2.0 * (np.log2(n) + 16.0) * eps * n
+    # A gain never exceeds its row sum (cur >= 0); with an initial set the exact gains are
+    # tighter. The margin covers a different summation order.
+    bounds = sim.sum(axis=1) if start.size == 0 else _row_gains(sim, cur)
+    bounds += 2.0 * (np.log2(n) + 16.0) * eps * n
+    bounds[start] = -np.inf
     fresh = np.full(n, -1, dtype=np.int64)  # the step at which a bound was last evaluated exactly
     buf = np.empty((1, n))
     chunk = max(1, CHUNK_ELEMENTS // n)

@@ -41,12 +41,18 @@ class PlaneChoice:
     ``indices``: slice indices along the plane's normal axis, in priority order.
     ``gains``: the facility-location gain of each choice (``ra`` only).
     ``coverage``: F(S) of the choice under the selection features (``ra`` only).
+    In a later annotation round (:mod:`sparseseg.selection.rounds`): ``annotated`` the slices
+    labelled before (S0, never re-picked; ``coverage`` is then F(S0 + S)), and per choice the
+    model's ``uncertainty`` and the ``scores`` that ranked it.
     """
 
     num_slices: int
     indices: list[int]
     gains: list[float] | None = None
     coverage: float | None = None
+    annotated: list[int] | None = None
+    uncertainty: list[float] | None = None
+    scores: list[float] | None = None
 
     def to_json(self) -> dict:
         out = {"num_slices": self.num_slices, "count": len(self.indices), "indices": self.indices}
@@ -54,6 +60,9 @@ class PlaneChoice:
             out["gains"] = self.gains
             out["coverage"] = self.coverage
             out["mean_coverage"] = self.coverage / self.num_slices
+        for key in ("annotated", "uncertainty", "scores"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
 
@@ -104,6 +113,9 @@ class Selection:
     dataset: str | None = None
     # Slice features per case and plane (``ra`` only); kept for figures, not written to JSON.
     features: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    # Annotation round (2 for the first round after the initial selection) and how it chose.
+    round: int | None = None
+    round_info: dict | None = None
 
     @property
     def cost(self) -> dict:
@@ -114,6 +126,7 @@ class Selection:
         return self.cases[case].chosen
 
     def to_json(self) -> dict:
+        extra = {} if self.round is None else {"round": self.round, "round_info": self.round_info}
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -124,6 +137,7 @@ class Selection:
             "seed": self.seed,
             "extractor": self.extractor,
             "cost": self.cost,
+            **extra,
             "cases": {name: c.to_json() for name, c in self.cases.items()},
         }
 
@@ -134,7 +148,15 @@ class Selection:
         cases = {}
         for name, c in data["cases"].items():
             planes = {
-                p: PlaneChoice(v["num_slices"], v["indices"], v.get("gains"), v.get("coverage"))
+                p: PlaneChoice(
+                    v["num_slices"],
+                    v["indices"],
+                    v.get("gains"),
+                    v.get("coverage"),
+                    v.get("annotated"),
+                    v.get("uncertainty"),
+                    v.get("scores"),
+                )
                 for p, v in c["planes"].items()
             }
             cases[name] = CaseSelection(name, tuple(c["shape"]), planes, c.get("source"))
@@ -146,6 +168,8 @@ class Selection:
             extractor=data["extractor"],
             cases=cases,
             dataset=data.get("dataset"),
+            round=data.get("round"),
+            round_info=data.get("round_info"),
         )
 
 
@@ -175,6 +199,44 @@ def check_volume_content(array: np.ndarray, case: str) -> None:
         raise InputError(
             f"volume is constant (every voxel is {float(array.min()):g}): nothing to select", case
         )
+
+
+def slice_features(
+    volumes: Sequence[np.ndarray],
+    planes: Sequence[str],
+    extractor: str = "vgg",
+    weights=None,
+    seed: int = 0,
+    steps: int = 300,
+    image_size: int | None = None,
+    device: str | None = None,
+    progress: bool = False,
+    feature_cache: str | Path | None = None,
+) -> FeatureSet:
+    """The ``ra`` slice features of volumes (X, Y, Z) or (C, X, Y, Z), from ``feature_cache``
+    when it has them. The channels of a volume are featurised one by one and joined
+    (:func:`~sparseseg.selection.features.combine_channels`)."""
+    channels = [list(v) if np.ndim(v) == 4 else [v] for v in volumes]
+    flat = [c for group in channels for c in group]
+
+    def compute() -> FeatureSet:
+        return extract_features(
+            flat, planes, extractor, weights, seed, steps, 64, image_size, device, progress
+        )
+
+    if feature_cache is None:
+        fs = compute()
+    else:
+        weights_path = resolve_weights(weights) if extractor == "vgg" else None
+        settings = {
+            "extractor": extractor,
+            "weights": None if weights_path is None else str(weights_path),
+            "seed": seed,
+            "steps": steps,
+            "image_size": image_size,
+        }
+        fs = cached_features(feature_cache, flat, planes, settings, compute)
+    return FeatureSet(combine_channels(fs.features, [len(g) for g in channels]), fs.info)
 
 
 def select_volumes(
@@ -213,30 +275,13 @@ def select_volumes(
             raise InputError(f"expected a 3D volume, got shape {np.shape(vol)}", name)
         check_volume_content(vol, name)
         counts.append({p: budget_count(num_slices(vol.shape, p), budget) for p in planes})
-    channels = [list(v) if np.ndim(v) == 4 else [v] for v in volumes]
-    flat = [c for group in channels for c in group]
-
     features, info = None, None
     if strategy == "ra":
-
-        def compute() -> FeatureSet:
-            return extract_features(
-                flat, planes, extractor, weights, seed, steps, 64, image_size, device, progress
-            )
-
-        if feature_cache is None:
-            fs = compute()
-        else:
-            weights_path = resolve_weights(weights) if extractor == "vgg" else None
-            settings = {
-                "extractor": extractor,
-                "weights": None if weights_path is None else str(weights_path),
-                "seed": seed,
-                "steps": steps,
-                "image_size": image_size,
-            }
-            fs = cached_features(feature_cache, flat, planes, settings, compute)
-        features, info = combine_channels(fs.features, [len(g) for g in channels]), fs.info
+        fs = slice_features(
+            volumes, planes, extractor, weights, seed, steps, image_size, device, progress,
+            feature_cache,
+        )  # fmt: skip
+        features, info = fs.features, fs.info
 
     cases: dict[str, CaseSelection] = {}
     for v, (vol, name) in enumerate(zip(volumes, names, strict=True)):
