@@ -22,9 +22,10 @@ or ``OUT/PART/CASE.nii.gz`` for several parts; with probabilities also
 suffix and without nnU-Net's ``_XXXX`` channel suffix, so ``sparseseg evaluate`` matches it to
 ``labelsTs/CASE.nii.gz``. In a folder the files ``CASE_0000``, ``CASE_0001``, ... are the channels
 of one case (nnU-Net's naming); a model trained on C channels needs all C of every case. Outputs
-are written in each input's own orientation, with its affine and header geometry. With the meta-model, quality flags
-(:mod:`sparseseg.quality`): ``OUT/quality/CASE.json`` per case, and the cases and slices to check
-first, ranked, in ``OUT/quality.json``, ``OUT/quality_cases.csv`` and ``OUT/quality_slices.csv``.
+are written in each input's own orientation, with its affine and header geometry. With the
+meta-model, quality flags (:mod:`sparseseg.quality`): ``OUT/quality/CASE.json`` per case, and the
+cases and slices to check first, ranked, in ``OUT/quality.json``, ``OUT/quality_cases.csv`` and
+``OUT/quality_slices.csv``.
 """
 
 from __future__ import annotations
