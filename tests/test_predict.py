@@ -142,7 +142,7 @@ def test_meta_model_sees_image_and_mean_of_base_labels(tmp_path):
     import numpy as np
 
     from sparseseg.predict import Predictor
-    from sparseseg.training.sampling import zscore
+    from sparseseg.runtime import zscore
 
     seen: list[torch.Tensor] = []
     predictor = Predictor(tiny_bundle(), device="cpu", precision="fp32")

@@ -188,7 +188,7 @@ def full_run(
     from sparseseg.evaluation import evaluate
     from sparseseg.models import load_model, save_model
     from sparseseg.pseudolabels import load_training_cases, train_model3d
-    from sparseseg.training.sampling import zscore
+    from sparseseg.runtime import zscore
 
     cfg = get_preset(preset, {**seed_overrides(seed), **overrides})
     model_file = run_dir / "model3d.pt"

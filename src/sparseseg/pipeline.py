@@ -70,8 +70,8 @@ def _mark(model_dir: Path, state: dict, stage: str, **info) -> None:
 def meta_cases(dataset: Dataset, stage2_dir: str | Path, sets: Sequence[str]) -> list[dict]:
     """The meta-model's training samples: every training image with its A(Y) and PL ``sets``."""
     from sparseseg.pseudolabels import read_mean_map, read_pseudolabels
+    from sparseseg.runtime import zscore
     from sparseseg.selftrain import meta_case
-    from sparseseg.training.sampling import zscore
 
     cases = []
     for case in dataset.cases("Tr"):

@@ -103,7 +103,7 @@ class Predictor:
         precision: str = "auto",
     ):
         from sparseseg.config import preset_from_dict
-        from sparseseg.training.loop import resolve_device
+        from sparseseg.runtime import resolve_device
 
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.device = resolve_device(device)
@@ -133,7 +133,7 @@ class Predictor:
         """Predict ``parts`` for one raw image (X, Y, Z), or (C, X, Y, Z) with the model's C
         channels; ``step(name)`` is called after each model run (for progress bars)."""
         from sparseseg.inference import predict_planes_2d, predict_volume_3d
-        from sparseseg.training.sampling import zscore
+        from sparseseg.runtime import zscore
 
         inf = self.preset.inference
         tick = step or (lambda _name: None)

@@ -85,7 +85,7 @@ def training_ignore_index(dataset: Dataset) -> int:
 def load_training_cases(dataset: Dataset, split: str = "Tr") -> list[dict[str, np.ndarray]]:
     """``[{'image': z-scored float32 (X, Y, Z) or (C, X, Y, Z), 'label': int16 (X, Y, Z)}]`` for
     every case (z-scored per channel)."""
-    from sparseseg.training.sampling import zscore
+    from sparseseg.runtime import zscore
 
     if not dataset.has_labels(split):
         raise InputError(f"every case in images{split} needs a label file", dataset.root)
@@ -350,7 +350,7 @@ def generate_pseudolabels(
     distributed.barrier()  # every rank lists the same cases before any is written
     todo = distributed.shard(todo)  # each rank writes its own share
     if todo:
-        from sparseseg.training.sampling import zscore
+        from sparseseg.runtime import zscore
 
         model2d, model3d = load_base_models(out_dir)
         ignore = training_ignore_index(dataset)

@@ -171,7 +171,7 @@ def _vgg_features(volumes, planes, path, seed, steps, batch_size, image_size, de
         raise InputError(f"image size must be a multiple of 32 (at least 32), got {image_size}")
     if steps < 0 or batch_size < 1:
         raise InputError("need steps >= 0 and batch size >= 1")
-    from sparseseg.training.loop import resolve_device
+    from sparseseg.runtime import resolve_device
 
     device = resolve_device(device)
     torch.manual_seed(seed)

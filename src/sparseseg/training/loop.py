@@ -18,7 +18,6 @@ over ranks; rank 0 alone writes checkpoints (with every rank's RNG state) and sh
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from torch import nn
 
 from sparseseg import distributed
 from sparseseg.fileio import atomic_path
+from sparseseg.runtime import autocast, autocast_dtype, memory_format_for, resolve_device
 from sparseseg.training.schedules import lr_at
 
 Batch = dict[str, Any]
@@ -42,48 +42,6 @@ class Stateful(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> Any: ...
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """'auto' / None -> cuda if available else cpu; otherwise ``torch.device(device)``.
-
-    Under torchrun 'auto' and a bare 'cuda' mean ``cuda:LOCAL_RANK``."""
-    return distributed.default_device(device)
-
-
-def cpu_supports_bf16() -> bool:
-    """True where the CPU has native bf16 matrix support (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # older torch
-        return False
-
-
-def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None: plain fp32)."""
-    if precision == "fp32":
-        return None
-    if precision not in ("auto", "bf16", "fp16"):
-        raise ValueError(f"unknown precision {precision!r} (expected auto, bf16, fp16 or fp32)")
-    if device.type == "cuda":
-        if precision == "fp16" or not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
-    if precision == "bf16" or (precision == "auto" and cpu_supports_bf16()):
-        return torch.bfloat16
-    return None
-
-
-def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """An autocast context for ``device`` and ``precision`` (a null context for fp32)."""
-    dtype = autocast_dtype(device, precision)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def memory_format_for(dim: int) -> torch.memory_format:
-    return torch.channels_last_3d if dim == 5 else torch.channels_last
 
 
 def batch_to(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
