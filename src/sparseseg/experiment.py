@@ -35,6 +35,7 @@ import numpy as np
 
 from sparseseg import fingerprint, output_folder, report
 from sparseseg.data.layout import Dataset
+from sparseseg.data.planes import PLANES
 from sparseseg.errors import InputError
 from sparseseg.fileio import write_json, write_text
 
@@ -271,7 +272,7 @@ def comparisons(case_rows: list[dict], budgets: Sequence[float], metric: str) ->
                 )
                 out.append({"comparison": f"RA - EIA ({model})", "budget": budget, **diff})
         for strategy in strategies:
-            for base in ("3d", "xy", "xz", "yz"):
+            for base in ("3d", *PLANES):
                 diff = report.paired_difference(
                     at,
                     metric,

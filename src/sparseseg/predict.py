@@ -35,10 +35,10 @@ import numpy as np
 from sparseseg.bundle import Bundle, load_bundle
 from sparseseg.data.io import is_nifti, strip_nifti_suffix, write_nifti
 from sparseseg.data.layout import read_channels
+from sparseseg.data.planes import PL_SETS, PLANES
 from sparseseg.errors import InputError
 
-PARTS = ("meta", "3d", "xy", "xz", "yz")
-PL_PARTS = ("xy", "xz", "yz", "3d")  # the sets whose mean is A(Y), in training's order
+PARTS = ("meta", "3d", *PLANES)
 
 
 @dataclass
@@ -74,11 +74,11 @@ def _add_one_hot(counts: np.ndarray, labels: np.ndarray) -> None:
         counts[c] += labels == c
 
 
-def runs_needed(parts: Sequence[str], pl_sets: Sequence[str] = PL_PARTS) -> tuple[str, ...]:
+def runs_needed(parts: Sequence[str], pl_sets: Sequence[str] = PL_SETS) -> tuple[str, ...]:
     """The model runs that ``parts`` need, in order: planes of the 2D model, '3d', 'meta'
     (which needs every PL set of ``pl_sets``)."""
     needed = set(parts) | (set(pl_sets) if "meta" in parts else set())
-    return tuple(p for p in (*PL_PARTS, "meta") if p in needed)
+    return tuple(p for p in (*PL_SETS, "meta") if p in needed)
 
 
 def parts_for_planes(planes: Sequence[str]) -> tuple[str, ...]:
@@ -153,7 +153,7 @@ class Predictor:
         out: dict[str, Prediction] = {}
         common = dict(device=self.device, precision=self.precision)
         runs = runs_needed(parts, self.pl_sets)
-        for plane in [p for p in runs if p in ("xy", "xz", "yz")]:
+        for plane in [p for p in runs if p in PLANES]:
             keep_probs = probabilities and plane in parts
             result = predict_planes_2d(
                 self.model("2d"),

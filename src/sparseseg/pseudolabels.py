@@ -35,10 +35,10 @@ from sparseseg import distributed
 from sparseseg.config import Preset
 from sparseseg.data.io import read_nifti, write_nifti
 from sparseseg.data.layout import Dataset, write_dataset_json
+from sparseseg.data.planes import PL_SETS, PLANES
 from sparseseg.errors import InputError
 from sparseseg.fileio import atomic_path, write_json
 
-PL_SETS = ("xy", "xz", "yz", "3d")
 MODEL2D, MODEL3D = "model2d", "model3d"
 
 
@@ -48,7 +48,7 @@ def pl_sets(planes) -> tuple[str, ...]:
     All four with the default planes; ('xy', '3d') for a 2D model trained on xy sections only
     (its predictions across planes it never saw are not pseudo-labels).
     """
-    return (*(p for p in PL_SETS[:3] if p in planes), "3d")
+    return (*(p for p in PLANES if p in planes), "3d")
 
 
 # Paths ----------------------------------------------------------------------------------------
