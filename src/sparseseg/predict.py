@@ -4,9 +4,10 @@ For one image (X, Y, Z), or (C, X, Y, Z) for a model trained on C channels: z-sc
 channel); run the 2D base model over every slice of the xy, xz and yz
 planes and the 3D base model by sliding window, turning each prediction into hard labels at once
 and adding its one-hot encoding to a running count (uint8, C x X x Y x Z), so at most one
-C-channel float volume is alive at a time; A(Y) = count / 4, exactly as the pseudo-label mean of
-training; then the meta-model by Gaussian-weighted sliding window on (image, A(Y)). Memory grows
-with the volume's size times a small constant, not with the networks: a 300 x 512 x 512 volume
+C-channel float volume is alive at a time; A(Y) = count / 4 (the number of PL sets), by the same
+function as the pseudo-label mean of training (:func:`sparseseg.pseudolabels.mean_of_counts`);
+then the meta-model by Gaussian-weighted sliding window on (image, A(Y)). Memory grows with
+the volume's size times a small constant, not with the networks: a 300 x 512 x 512 volume
 with C = 3 and the cpu preset's networks peaked at 3.1 GiB resident (about 43 bytes per voxel,
 the interpreter and libraries included; tests/test_predict.py, slow test).
 
@@ -69,11 +70,6 @@ def _argmax_uint8(probs: np.ndarray, chunk: int = 8) -> np.ndarray:
     return out
 
 
-def _add_one_hot(counts: np.ndarray, labels: np.ndarray) -> None:
-    for c in range(counts.shape[0]):
-        counts[c] += labels == c
-
-
 def runs_needed(parts: Sequence[str], pl_sets: Sequence[str] = PL_SETS) -> tuple[str, ...]:
     """The model runs that ``parts`` need, in order: planes of the 2D model, '3d', 'meta'
     (which needs every PL set of ``pl_sets``)."""
@@ -133,6 +129,7 @@ class Predictor:
         """Predict ``parts`` for one raw image (X, Y, Z), or (C, X, Y, Z) with the model's C
         channels; ``step(name)`` is called after each model run (for progress bars)."""
         from sparseseg.inference import predict_planes_2d, predict_volume_3d
+        from sparseseg.pseudolabels import add_one_hot, mean_of_counts
         from sparseseg.runtime import zscore
 
         inf = self.preset.inference
@@ -165,7 +162,7 @@ class Predictor:
             )[plane]
             labels = _argmax_uint8(result) if keep_probs else result
             if plane in self.pl_sets:
-                _add_one_hot(counts, labels)
+                add_one_hot(counts, labels)
             if plane in parts:
                 out[plane] = Prediction(labels, result if keep_probs else None)
             del result, labels
@@ -180,7 +177,7 @@ class Predictor:
                 **common,
             )
             labels = _argmax_uint8(probs)
-            _add_one_hot(counts, labels)
+            add_one_hot(counts, labels)
             if "3d" in parts:
                 out["3d"] = Prediction(labels, probs if probabilities else None)
             del probs, labels
@@ -189,8 +186,7 @@ class Predictor:
             inputs = np.empty((cin + c, *x.shape[-3:]), dtype=np.float32)
             inputs[:cin] = x.reshape(cin, *x.shape[-3:])
             del x
-            for k in range(c):
-                np.multiply(counts[k], np.float32(1.0 / len(self.pl_sets)), out=inputs[cin + k])
+            mean_of_counts(counts, len(self.pl_sets), out=inputs[cin:])
             del counts
             probs = predict_volume_3d(
                 self.model("meta"),

@@ -300,14 +300,25 @@ def apply_manual(pl: np.ndarray, manual: np.ndarray, ignore_index: int | None) -
     return out
 
 
+def add_one_hot(counts: np.ndarray, labels: np.ndarray) -> None:
+    """Add the one-hot encoding of ``labels`` (X, Y, Z) to ``counts`` (C, X, Y, Z) in place."""
+    for c in range(counts.shape[0]):
+        counts[c] += labels == c
+
+
+def mean_of_counts(counts: np.ndarray, n: int, out: np.ndarray | None = None) -> np.ndarray:
+    """A(Y) from the one-hot ``counts`` (C, X, Y, Z) of ``n`` PL sets: counts / n as float32,
+    written into ``out`` (C, X, Y, Z) when given. Training and prediction both build A(Y) here."""
+    return np.divide(counts, np.float32(n), out=out, dtype=np.float32)
+
+
 def mean_one_hot(pls: Mapping[str, np.ndarray] | Sequence[np.ndarray], num_classes: int):
     """A(Y): the mean of the one-hot encodings of the PLs, float32 (C, X, Y, Z) in [0, 1]."""
     maps = list(pls.values()) if isinstance(pls, Mapping) else list(pls)
-    out = np.zeros((num_classes, *maps[0].shape), dtype=np.float32)
+    counts = np.zeros((num_classes, *maps[0].shape), dtype=np.uint8)
     for pl in maps:
-        for c in range(num_classes):
-            out[c] += pl == c
-    return out / len(maps)
+        add_one_hot(counts, pl)
+    return mean_of_counts(counts, len(maps))
 
 
 def _case_done(out_dir: Path, case: str, ending: str, sets: Sequence[str]) -> bool:
