@@ -54,6 +54,13 @@ class ModelPart:
         return net.eval()
 
 
+def model_part(saved: dict[str, Any]) -> ModelPart:
+    """The :class:`ModelPart` of a base-model file's dict (written by
+    :func:`sparseseg.models.save_model` and read with ``torch.load``)."""
+    kwargs = {"in_channels": saved["in_channels"], "num_classes": saved["num_classes"]}
+    return ModelPart(saved["kind"], {**kwargs, **saved["config"]}, saved["state_dict"])
+
+
 @dataclass
 class Bundle:
     """A trained model: the three networks and what is needed to apply them."""
