@@ -305,9 +305,8 @@ def predict_files(
     ``overwrite=False`` cases whose outputs all exist are skipped. Under torchrun the images are
     split across ranks (each output written once) and every rank returns the whole map.
     """
-    from tqdm.auto import tqdm
-
     from sparseseg import distributed
+    from sparseseg.progress import progress_bar
 
     predictor = Predictor(model, device=device, precision=precision)
     path = Path(input_path)
@@ -323,11 +322,11 @@ def predict_files(
     several = len(parts) > 1
     runs_per_case = len(runs_needed(parts, predictor.pl_sets))
     written: dict[str, dict[str, Path]] = {}
-    bar = tqdm(
+    bar = progress_bar(
         total=len(cases) * runs_per_case,
         desc="predict",
         unit="model",
-        disable=not progress or not distributed.is_main(),
+        enabled=progress and distributed.is_main(),
     )
     try:
         for case in cases:

@@ -350,7 +350,7 @@ def generate_pseudolabels(
 
     Needs the base models in OUT/models (see :func:`train_base_models`). Returns the cases.
     """
-    from tqdm.auto import tqdm
+    from sparseseg.progress import progress_bar
 
     dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
     out_dir = Path(out_dir)
@@ -365,8 +365,8 @@ def generate_pseudolabels(
 
         model2d, model3d = load_base_models(out_dir)
         ignore = training_ignore_index(dataset)
-        bar = not progress or not distributed.is_main()
-        for case in tqdm(todo, desc="pseudo-labels", disable=bar, unit="case"):
+        bar = progress and distributed.is_main()
+        for case in progress_bar(todo, desc="pseudo-labels", enabled=bar, unit="case"):
             image, label = dataset.load_pair(case)
             pls = compute_pseudolabels(
                 model2d, model3d, zscore(image.array), preset, label.array, ignore, device=device

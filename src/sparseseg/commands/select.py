@@ -72,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-figures", action="store_true", help="skip contact sheets and t-SNE")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         image_size=args.image_size,
         device=args.device,
-        progress=True,
+        progress=not args.quiet,
         feature_cache=args.feature_cache,
     )
     write_selection(

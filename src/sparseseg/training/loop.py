@@ -266,13 +266,13 @@ def _voxels(batch: Batch) -> int:
 
 
 def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from sparseseg.progress import progress_bar
 
-    return tqdm(
+    return progress_bar(
         total=total,
         initial=initial,
         desc=desc,
-        disable=not enabled,
+        enabled=enabled,
         dynamic_ncols=True,
         mininterval=1.0,
         unit="it",
