@@ -72,7 +72,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomically write a checkpoint dict (tensors and primitive containers only)."""
+    """Atomically write a checkpoint dict (tensors and primitive containers only).
+
+    A checkpoint is training's internal state for resuming (weights, optimizer, step, RNG states,
+    history), read back only by :func:`fit`; it is not a model file. A trained model kept for
+    later use is stored in the model bundle format (:mod:`sparseseg.bundle`)."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
