@@ -139,18 +139,10 @@ def fit(
 
     if resume and path is not None and path.exists():
         state = load_checkpoint(path, map_location=device)
-        model.load_state_dict(state["model"])
+        _restore(state, model, optimizer, scaler, extra_state, rank, world)
         history = list(state.get("history", []))
-        for name, obj in (extra_state or {}).items():  # a finished run's too (e.g. NN-fit's log)
-            if name in state.get("extra", {}):
-                obj.load_state_dict(state["extra"][name])
         if state.get("done"):
             return history
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        per_rank = state.get("rng_ranks")
-        _set_rng_state(per_rank[rank] if per_rank and len(per_rank) == world else state["rng"])
         start, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
         window = {k: list(v) for k, v in state.get("window", {}).items()}
 
@@ -163,22 +155,8 @@ def fit(
         if not distributed.is_main():
             distributed.barrier()
             return
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "done": done,
-            "elapsed": elapsed,
-            "rng": rngs[0] if rngs else _rng_state(),
-            "history": history,
-            "window": window,
-            "extra": {k: v.state_dict() for k, v in (extra_state or {}).items()},
-        }
-        if rngs:
-            state["rng_ranks"] = rngs
-        if scaler is not None:
-            state["scaler"] = scaler.state_dict()
+        state = _checkpoint_state(model, optimizer, scaler, extra_state, rngs)
+        state.update(step=step, done=done, elapsed=elapsed, history=history, window=window)
         save_checkpoint(path, state)
         distributed.barrier()
 
@@ -250,6 +228,54 @@ def fit(
     snapshot(step, done=True)
     model.eval()
     return history
+
+
+def _restore(
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler,
+    extra_state: dict[str, Stateful] | None,
+    rank: int,
+    world: int,
+) -> None:
+    """Load a checkpoint's weights and ``extra_state`` into the objects given and, for an
+    unfinished run, the optimizer, the grad scaler and this rank's RNG state."""
+    model.load_state_dict(state["model"])
+    for name, obj in (extra_state or {}).items():  # a finished run's too (e.g. NN-fit's log)
+        if name in state.get("extra", {}):
+            obj.load_state_dict(state["extra"][name])
+    if state.get("done"):
+        return
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    per_rank = state.get("rng_ranks")
+    _set_rng_state(per_rank[rank] if per_rank and len(per_rank) == world else state["rng"])
+
+
+def _checkpoint_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler,
+    extra_state: dict[str, Stateful] | None,
+    rngs: list | None,
+) -> dict[str, Any]:
+    """The objects' part of a checkpoint: weights, optimizer, RNG states (``rngs``: every
+    rank's, or None in a single process), grad scaler and ``extra_state``. :func:`fit` adds the
+    step, the time and the history."""
+    state: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rngs[0] if rngs else _rng_state(),
+        "extra": {k: v.state_dict() for k, v in (extra_state or {}).items()},
+    }
+    if rngs:
+        state["rng_ranks"] = rngs
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    return state
 
 
 def _not_finite(desc: str, value: float, step: int) -> FloatingPointError:
