@@ -25,7 +25,7 @@ import torch
 from sparseseg.config import get_preset
 from sparseseg.inference import predict_volume_3d
 from sparseseg.models import build_model3d
-from sparseseg.training.loop import autocast, cpu_supports_bf16
+from sparseseg.runtime import autocast, cpu_supports_bf16
 from sparseseg.training.losses import deep_supervision_loss
 
 IGNORE = 3
@@ -176,7 +176,7 @@ def main() -> None:
     volume, _ = synthetic(np.random.default_rng(2), shape)
     if args.image:
         from sparseseg.data.io import read_nifti
-        from sparseseg.training.sampling import zscore
+        from sparseseg.runtime import zscore
 
         volume = zscore(read_nifti(args.image).array)
         shape = volume.shape

@@ -72,7 +72,7 @@ def test_two_channel_dataset_opens_with_both_channels(tmp_path):
 
 
 def test_zscore_is_per_channel():
-    from sparseseg.training.sampling import zscore
+    from sparseseg.runtime import zscore
 
     rng = np.random.default_rng(0)
     image = np.stack([rng.normal(100, 20, (6, 6, 6)), rng.normal(-3, 0.1, (6, 6, 6))])

@@ -142,7 +142,7 @@ def test_meta_model_sees_image_and_mean_of_base_labels(tmp_path):
     import numpy as np
 
     from sparseseg.predict import Predictor
-    from sparseseg.training.sampling import zscore
+    from sparseseg.runtime import zscore
 
     seen: list[torch.Tensor] = []
     predictor = Predictor(tiny_bundle(), device="cpu", precision="fp32")
@@ -189,6 +189,27 @@ def test_meta_input_averages_only_the_bundles_pl_sets(tmp_path):
     nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "case.nii.gz")
     written = predict_files(file, tmp_path / "case.nii.gz", tmp_path / "pred", parts="all")
     assert sorted(written["case"]) == ["3d", "meta", "xy"]
+
+
+@pytest.mark.parametrize("pl_sets", [("xy", "xz", "yz", "3d"), ("xy", "yz", "3d"), ("xy", "3d")])
+def test_prediction_builds_the_same_mean_map_as_training(pl_sets):
+    # A(Y) the meta-model sees at prediction is bit for bit the map Step II writes for training.
+    import numpy as np
+
+    from sparseseg.predict import Predictor
+    from sparseseg.pseudolabels import mean_one_hot
+
+    bundle = tiny_bundle()
+    bundle.planes = [p for p in ("xy", "xz", "yz") if p in pl_sets]
+    bundle.pl_sets = list(pl_sets)
+    seen: list[torch.Tensor] = []
+    predictor = Predictor(bundle, device="cpu", precision="fp32")
+    predictor._models["meta"] = Recorder(seen)
+    image = np.random.default_rng(3).normal(size=(16, 12, 8)).astype(np.float32)
+    out = predictor.predict(image, ("meta", *pl_sets))
+    training = mean_one_hot([out[p].labels for p in pl_sets], 3)
+    assert training.dtype == np.float32 and len(np.unique(training)) > 2
+    np.testing.assert_array_equal(seen[0][0, 1:].numpy(), training)
 
 
 def test_bundles_without_pl_sets_use_all_four(tmp_path):

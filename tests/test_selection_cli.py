@@ -151,3 +151,33 @@ def test_select_volumes_api_single_plane():
     choice = sel.cases["v"].planes["xy"]
     assert choice.num_slices == 30 and len(choice.indices) == 3
     assert sel.cost["annotated_fraction"] == pytest.approx(0.1)
+
+
+def test_progress_in_a_log_is_a_few_lines(phantom, tmp_path):
+    """``sparseseg select`` (VGG features, 600 auto-encoder steps) with stderr redirected to a
+    file, as in a batch job: the bars leave a few whole lines, no carriage-return redraws."""
+    import os
+    import subprocess
+    import sys
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    argv = ["select", phantom, "--budget", 3, "--planes", "xy", "--steps", 600]
+    argv += ["--image-size", 32, "--no-figures", "--out", tmp_path / "sel"]
+    log = tmp_path / "select.log"
+    with open(log, "w") as err:
+        cmd = [sys.executable, "-m", "sparseseg", *map(str, argv)]
+        done = subprocess.run(cmd, env=env, stderr=err, stdout=subprocess.PIPE, timeout=300)
+    logged = log.read_text()
+    assert done.returncode == 0, logged
+    assert "\r" not in logged
+    bars = [line for line in logged.splitlines() if line.startswith(("VGG-19", "auto-encoder"))]
+    assert any(line.startswith("auto-encoder") and "600/600" in line for line in bars)
+    assert len(bars) <= 6  # a first and a last line per bar (more only past a minute)
+
+
+def test_quiet_select_shows_no_progress(phantom, tmp_path, capsys):
+    argv = [phantom, "--budget", 3, "--planes", "xy", "--steps", 20, "--image-size", 32]
+    assert _run(*argv, "--no-figures", "--out", tmp_path / "sel", "--quiet") == 0
+    err = capsys.readouterr().err
+    assert not [line for line in err.splitlines() if line.startswith(("VGG-19", "auto-encoder"))]

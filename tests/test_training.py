@@ -12,9 +12,10 @@ import torch
 
 from sparseseg.config import TrainConfig, apply_overrides, get_preset, preset_from_dict
 from sparseseg.models import UNet2D
+from sparseseg.runtime import zscore
 from sparseseg.training.augment import apply_transform, crop_shape_for
 from sparseseg.training.loop import fit, load_checkpoint, supervised_loss
-from sparseseg.training.sampling import PatchSampler3D, SliceSampler2D, crop_padded, zscore
+from sparseseg.training.sampling import PatchSampler3D, SliceSampler2D, crop_padded
 from sparseseg.training.schedules import lr_at, poly_lr, step_lr
 
 IGNORE = 2

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sparseseg import __version__
+from sparseseg.data.planes import PL_SETS, PLANES
 from sparseseg.errors import InputError
 from sparseseg.fileio import atomic_path, write_json
 
@@ -25,9 +26,6 @@ FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.pt"
 BUNDLE_JSON = "bundle.json"
 PARTS = ("2d", "3d", "meta")
-# A(Y) averages these PL sets unless a bundle says otherwise (all bundles written before the
-# pl_sets field existed used all four)
-ALL_PL_SETS = ("xy", "xz", "yz", "3d")
 
 # Architecture name -> "module:class". Resolved lazily so this module imports without torch models.
 ARCHITECTURES = {
@@ -56,6 +54,13 @@ class ModelPart:
         return net.eval()
 
 
+def model_part(saved: dict[str, Any]) -> ModelPart:
+    """The :class:`ModelPart` of a base-model file's dict (written by
+    :func:`sparseseg.models.save_model` and read with ``torch.load``)."""
+    kwargs = {"in_channels": saved["in_channels"], "num_classes": saved["num_classes"]}
+    return ModelPart(saved["kind"], {**kwargs, **saved["config"]}, saved["state_dict"])
+
+
 @dataclass
 class Bundle:
     """A trained model: the three networks and what is needed to apply them."""
@@ -65,9 +70,10 @@ class Bundle:
     preset: str
     config: dict[str, Any]
     normalisation: dict[str, Any] = field(default_factory=lambda: {"kind": "zscore-per-volume"})
-    planes: list[str] = field(default_factory=lambda: ["xy", "xz", "yz"])
-    # the PL sets averaged into the meta-model's A(Y) input
-    pl_sets: list[str] = field(default_factory=lambda: list(ALL_PL_SETS))
+    planes: list[str] = field(default_factory=lambda: list(PLANES))
+    # the PL sets averaged into the meta-model's A(Y) input (all four in bundles written before
+    # this field existed)
+    pl_sets: list[str] = field(default_factory=lambda: list(PL_SETS))
     sparseseg_version: str = __version__
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -176,7 +182,7 @@ def load_bundle(path: str | Path) -> Bundle:
             config=payload["config"],
             normalisation=dict(payload["normalisation"]),
             planes=list(payload["planes"]),
-            pl_sets=list(payload.get("pl_sets", ALL_PL_SETS)),
+            pl_sets=list(payload.get("pl_sets", PL_SETS)),
             sparseseg_version=str(payload["sparseseg_version"]),
             format_version=int(version),
             extra=dict(payload.get("extra", {})),

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from sparseseg.data.planes import parse_planes
+from sparseseg.data.planes import PLANES, parse_planes
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class Preset:
     train3d: TrainConfig
     inference: InferenceConfig
     meta: MetaConfig
-    planes: tuple[str, ...] = ("xy", "xz", "yz")
+    planes: tuple[str, ...] = PLANES
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""

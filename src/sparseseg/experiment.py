@@ -35,6 +35,7 @@ import numpy as np
 
 from sparseseg import fingerprint, output_folder, report
 from sparseseg.data.layout import Dataset
+from sparseseg.data.planes import PLANES
 from sparseseg.errors import InputError
 from sparseseg.fileio import write_json, write_text
 
@@ -184,11 +185,13 @@ def full_run(
     log: Callable[[str], None],
 ) -> dict:
     """Train the 3D DVN on the dense training labels and score it on the test split."""
+    from sparseseg.bundle import Bundle, model_part
     from sparseseg.config import get_preset
+    from sparseseg.data.io import write_nifti
     from sparseseg.evaluation import evaluate
     from sparseseg.models import load_model, save_model
+    from sparseseg.predict import Predictor
     from sparseseg.pseudolabels import load_training_cases, train_model3d
-    from sparseseg.training.sampling import zscore
 
     cfg = get_preset(preset, {**seed_overrides(seed), **overrides})
     model_file = run_dir / "model3d.pt"
@@ -213,26 +216,19 @@ def full_run(
         seconds = history[-1]["time"] if history else time.perf_counter() - t0
         extra = {"preset": cfg.name, "train_seconds": round(float(seconds), 1)}
         save_model(model_file, model, "densevoxnet", cfg.model3d, extra=extra)
-    model, saved = load_model(model_file)
+    _, saved = load_model(model_file)  # a clear error for a damaged file
     seconds = saved["extra"]["train_seconds"]
+    config = fingerprint.plain(cfg.to_dict())
+    bundle = Bundle({"3d": model_part(saved)}, dataset.class_names, cfg.name, config)
+    predictor = Predictor(bundle, device=device)
     pred_dir = run_dir / "predictions"
-    from sparseseg.data.io import write_nifti
-    from sparseseg.inference import predict_volume_3d
-
     for case in dataset.cases("Ts"):
         out = pred_dir / f"{case}{dataset.file_ending}"
         if out.exists():
             continue
         image = dataset.load_image(case, "Ts")
-        probs = predict_volume_3d(
-            model,
-            zscore(image.array),
-            cfg.inference.patch,
-            cfg.inference.overlap,
-            sw_batch_size=cfg.inference.sw_batch_size,
-            device=device,
-        )
-        write_nifti(out, image.with_array(probs.argmax(0).astype(np.uint8)))
+        labels = predictor.predict(image.array, ("3d",))["3d"].labels
+        write_nifti(out, image.with_array(labels))
     metrics = evaluate(pred_dir, dataset.root, out=run_dir / "metrics.json", split="Ts")
     common = {
         "dataset": dataset.name,
@@ -271,7 +267,7 @@ def comparisons(case_rows: list[dict], budgets: Sequence[float], metric: str) ->
                 )
                 out.append({"comparison": f"RA - EIA ({model})", "budget": budget, **diff})
         for strategy in strategies:
-            for base in ("3d", "xy", "xz", "yz"):
+            for base in ("3d", *PLANES):
                 diff = report.paired_difference(
                     at,
                     metric,

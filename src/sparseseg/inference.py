@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from sparseseg.data.planes import PLANES, to_slices
-from sparseseg.training.loop import autocast, memory_format_for, resolve_device
-from sparseseg.training.sampling import zscore
+from sparseseg.runtime import autocast, memory_format_for, resolve_device, zscore
 
 
 def _as_channels(image: np.ndarray, normalize: bool) -> np.ndarray:

@@ -70,8 +70,8 @@ def _mark(model_dir: Path, state: dict, stage: str, **info) -> None:
 def meta_cases(dataset: Dataset, stage2_dir: str | Path, sets: Sequence[str]) -> list[dict]:
     """The meta-model's training samples: every training image with its A(Y) and PL ``sets``."""
     from sparseseg.pseudolabels import read_mean_map, read_pseudolabels
+    from sparseseg.runtime import zscore
     from sparseseg.selftrain import meta_case
-    from sparseseg.training.sampling import zscore
 
     cases = []
     for case in dataset.cases("Tr"):
@@ -153,18 +153,14 @@ def make_bundle(dataset: Dataset, model_dir: Path, preset) -> Path:
     """Assemble MODEL/bundle.pt from the stage-2 base models and the stage-3 meta-model."""
     import torch
 
-    from sparseseg.bundle import Bundle, ModelPart, save_bundle
+    from sparseseg.bundle import Bundle, ModelPart, model_part, save_bundle
     from sparseseg.pseudolabels import MODEL2D, MODEL3D, model_path, pl_sets
 
     parts = {}
     for part, name in (("2d", MODEL2D), ("3d", MODEL3D)):
         path = model_path(model_dir / STAGE2_DIR, name)
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            kwargs = {"in_channels": saved["in_channels"], "num_classes": saved["num_classes"]}
-            parts[part] = ModelPart(
-                saved["kind"], {**kwargs, **saved["config"]}, saved["state_dict"]
-            )
+            parts[part] = model_part(torch.load(path, map_location="cpu", weights_only=True))
         except FileNotFoundError:
             raise InputError("base model missing; rerun train", path) from None
         except Exception as exc:

@@ -4,9 +4,10 @@ For one image (X, Y, Z), or (C, X, Y, Z) for a model trained on C channels: z-sc
 channel); run the 2D base model over every slice of the xy, xz and yz
 planes and the 3D base model by sliding window, turning each prediction into hard labels at once
 and adding its one-hot encoding to a running count (uint8, C x X x Y x Z), so at most one
-C-channel float volume is alive at a time; A(Y) = count / 4, exactly as the pseudo-label mean of
-training; then the meta-model by Gaussian-weighted sliding window on (image, A(Y)). Memory grows
-with the volume's size times a small constant, not with the networks: a 300 x 512 x 512 volume
+C-channel float volume is alive at a time; A(Y) = count / 4 (the number of PL sets), by the same
+function as the pseudo-label mean of training (:func:`sparseseg.pseudolabels.mean_of_counts`);
+then the meta-model by Gaussian-weighted sliding window on (image, A(Y)). Memory grows with
+the volume's size times a small constant, not with the networks: a 300 x 512 x 512 volume
 with C = 3 and the cpu preset's networks peaked at 3.1 GiB resident (about 43 bytes per voxel,
 the interpreter and libraries included; tests/test_predict.py, slow test). The quality flags
 (below) keep the base models' labels and the meta-model's probabilities until the case is
@@ -40,11 +41,11 @@ import numpy as np
 from sparseseg.bundle import Bundle, load_bundle
 from sparseseg.data.io import is_nifti, strip_nifti_suffix, write_nifti
 from sparseseg.data.layout import read_channels
+from sparseseg.data.planes import PL_SETS, PLANES
 from sparseseg.errors import InputError
 from sparseseg.fileio import write_json
 
-PARTS = ("meta", "3d", "xy", "xz", "yz")
-PL_PARTS = ("xy", "xz", "yz", "3d")  # the sets whose mean is A(Y), in training's order
+PARTS = ("meta", "3d", *PLANES)
 
 
 @dataclass
@@ -75,16 +76,11 @@ def _argmax_uint8(probs: np.ndarray, chunk: int = 8) -> np.ndarray:
     return out
 
 
-def _add_one_hot(counts: np.ndarray, labels: np.ndarray) -> None:
-    for c in range(counts.shape[0]):
-        counts[c] += labels == c
-
-
-def runs_needed(parts: Sequence[str], pl_sets: Sequence[str] = PL_PARTS) -> tuple[str, ...]:
+def runs_needed(parts: Sequence[str], pl_sets: Sequence[str] = PL_SETS) -> tuple[str, ...]:
     """The model runs that ``parts`` need, in order: planes of the 2D model, '3d', 'meta'
     (which needs every PL set of ``pl_sets``)."""
     needed = set(parts) | (set(pl_sets) if "meta" in parts else set())
-    return tuple(p for p in (*PL_PARTS, "meta") if p in needed)
+    return tuple(p for p in (*PL_SETS, "meta") if p in needed)
 
 
 def parts_for_planes(planes: Sequence[str]) -> tuple[str, ...]:
@@ -109,7 +105,7 @@ class Predictor:
         precision: str = "auto",
     ):
         from sparseseg.config import preset_from_dict
-        from sparseseg.training.loop import resolve_device
+        from sparseseg.runtime import resolve_device
 
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.device = resolve_device(device)
@@ -140,7 +136,8 @@ class Predictor:
         channels; ``step(name)`` is called after each model run (for progress bars).
         ``probabilities``: True for every part, or the parts whose probabilities to keep."""
         from sparseseg.inference import predict_planes_2d, predict_volume_3d
-        from sparseseg.training.sampling import zscore
+        from sparseseg.pseudolabels import add_one_hot, mean_of_counts
+        from sparseseg.runtime import zscore
 
         inf = self.preset.inference
         tick = step or (lambda _name: None)
@@ -161,7 +158,7 @@ class Predictor:
         common = dict(device=self.device, precision=self.precision)
         runs = runs_needed(parts, self.pl_sets)
         with_probs = set(parts) if probabilities is True else set(probabilities or ()) & set(parts)
-        for plane in [p for p in runs if p in ("xy", "xz", "yz")]:
+        for plane in [p for p in runs if p in PLANES]:
             keep_probs = plane in with_probs
             result = predict_planes_2d(
                 self.model("2d"),
@@ -173,7 +170,7 @@ class Predictor:
             )[plane]
             labels = _argmax_uint8(result) if keep_probs else result
             if plane in self.pl_sets:
-                _add_one_hot(counts, labels)
+                add_one_hot(counts, labels)
             if plane in parts:
                 out[plane] = Prediction(labels, result if keep_probs else None)
             del result, labels
@@ -188,7 +185,7 @@ class Predictor:
                 **common,
             )
             labels = _argmax_uint8(probs)
-            _add_one_hot(counts, labels)
+            add_one_hot(counts, labels)
             if "3d" in parts:
                 out["3d"] = Prediction(labels, probs if "3d" in with_probs else None)
             del probs, labels
@@ -197,8 +194,7 @@ class Predictor:
             inputs = np.empty((cin + c, *x.shape[-3:]), dtype=np.float32)
             inputs[:cin] = x.reshape(cin, *x.shape[-3:])
             del x
-            for k in range(c):
-                np.multiply(counts[k], np.float32(1.0 / len(self.pl_sets)), out=inputs[cin + k])
+            mean_of_counts(counts, len(self.pl_sets), out=inputs[cin:])
             del counts
             probs = predict_volume_3d(
                 self.model("meta"),
@@ -319,9 +315,8 @@ def predict_files(
     ``overwrite=False`` cases whose outputs all exist are skipped. Under torchrun the images are
     split across ranks (each output written once) and every rank returns the whole map.
     """
-    from tqdm.auto import tqdm
-
     from sparseseg import distributed
+    from sparseseg.progress import progress_bar
 
     predictor = Predictor(model, device=device, precision=precision)
     path = Path(input_path)
@@ -342,11 +337,11 @@ def predict_files(
     keep_probs = (*(parts if probabilities else ()), *(("meta",) if quality else ()))
     runs_per_case = len(runs_needed(parts, predictor.pl_sets))
     written: dict[str, dict[str, Path]] = {}
-    bar = tqdm(
+    bar = progress_bar(
         total=len(cases) * runs_per_case,
         desc="predict",
         unit="model",
-        disable=not progress or not distributed.is_main(),
+        enabled=progress and distributed.is_main(),
     )
     try:
         for case in cases:

@@ -35,10 +35,10 @@ from sparseseg import distributed
 from sparseseg.config import Preset
 from sparseseg.data.io import read_nifti, write_nifti
 from sparseseg.data.layout import Dataset, write_dataset_json
+from sparseseg.data.planes import PL_SETS, PLANES
 from sparseseg.errors import InputError
 from sparseseg.fileio import atomic_path, write_json
 
-PL_SETS = ("xy", "xz", "yz", "3d")
 MODEL2D, MODEL3D = "model2d", "model3d"
 
 
@@ -48,7 +48,7 @@ def pl_sets(planes) -> tuple[str, ...]:
     All four with the default planes; ('xy', '3d') for a 2D model trained on xy sections only
     (its predictions across planes it never saw are not pseudo-labels).
     """
-    return (*(p for p in PL_SETS[:3] if p in planes), "3d")
+    return (*(p for p in PLANES if p in planes), "3d")
 
 
 # Paths ----------------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def training_ignore_index(dataset: Dataset) -> int:
 def load_training_cases(dataset: Dataset, split: str = "Tr") -> list[dict[str, np.ndarray]]:
     """``[{'image': z-scored float32 (X, Y, Z) or (C, X, Y, Z), 'label': int16 (X, Y, Z)}]`` for
     every case (z-scored per channel)."""
-    from sparseseg.training.sampling import zscore
+    from sparseseg.runtime import zscore
 
     if not dataset.has_labels(split):
         raise InputError(f"every case in images{split} needs a label file", dataset.root)
@@ -300,14 +300,25 @@ def apply_manual(pl: np.ndarray, manual: np.ndarray, ignore_index: int | None) -
     return out
 
 
+def add_one_hot(counts: np.ndarray, labels: np.ndarray) -> None:
+    """Add the one-hot encoding of ``labels`` (X, Y, Z) to ``counts`` (C, X, Y, Z) in place."""
+    for c in range(counts.shape[0]):
+        counts[c] += labels == c
+
+
+def mean_of_counts(counts: np.ndarray, n: int, out: np.ndarray | None = None) -> np.ndarray:
+    """A(Y) from the one-hot ``counts`` (C, X, Y, Z) of ``n`` PL sets: counts / n as float32,
+    written into ``out`` (C, X, Y, Z) when given. Training and prediction both build A(Y) here."""
+    return np.divide(counts, np.float32(n), out=out, dtype=np.float32)
+
+
 def mean_one_hot(pls: Mapping[str, np.ndarray] | Sequence[np.ndarray], num_classes: int):
     """A(Y): the mean of the one-hot encodings of the PLs, float32 (C, X, Y, Z) in [0, 1]."""
     maps = list(pls.values()) if isinstance(pls, Mapping) else list(pls)
-    out = np.zeros((num_classes, *maps[0].shape), dtype=np.float32)
+    counts = np.zeros((num_classes, *maps[0].shape), dtype=np.uint8)
     for pl in maps:
-        for c in range(num_classes):
-            out[c] += pl == c
-    return out / len(maps)
+        add_one_hot(counts, pl)
+    return mean_of_counts(counts, len(maps))
 
 
 def _case_done(out_dir: Path, case: str, ending: str, sets: Sequence[str]) -> bool:
@@ -339,7 +350,7 @@ def generate_pseudolabels(
 
     Needs the base models in OUT/models (see :func:`train_base_models`). Returns the cases.
     """
-    from tqdm.auto import tqdm
+    from sparseseg.progress import progress_bar
 
     dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
     out_dir = Path(out_dir)
@@ -350,12 +361,12 @@ def generate_pseudolabels(
     distributed.barrier()  # every rank lists the same cases before any is written
     todo = distributed.shard(todo)  # each rank writes its own share
     if todo:
-        from sparseseg.training.sampling import zscore
+        from sparseseg.runtime import zscore
 
         model2d, model3d = load_base_models(out_dir)
         ignore = training_ignore_index(dataset)
-        bar = not progress or not distributed.is_main()
-        for case in tqdm(todo, desc="pseudo-labels", disable=bar, unit="case"):
+        bar = progress and distributed.is_main()
+        for case in progress_bar(todo, desc="pseudo-labels", enabled=bar, unit="case"):
             image, label = dataset.load_pair(case)
             pls = compute_pseudolabels(
                 model2d, model3d, zscore(image.array), preset, label.array, ignore, device=device

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sparseseg.data.planes import PL_SETS
+
 
 # ---------------------------------------------------------------------------------------------
 # Pure functions
@@ -244,7 +246,7 @@ def train_meta(
     preset,
     checkpoint: str | Path | None = None,
     *,
-    pl_names: Sequence[str] = ("xy", "xz", "yz", "3d"),
+    pl_names: Sequence[str] = PL_SETS,
     resume: bool = False,
     device: str | None = None,
     progress: bool = True,

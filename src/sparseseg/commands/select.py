@@ -113,6 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --simulate-from-labels: the dataset whose dense labels simulate the new slices",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         simulate_from_labels=args.simulate_from_labels,
         figures=not args.no_figures,
         overwrite=args.overwrite,
-        progress=True,
+        progress=not args.quiet,
         feature_cache=args.feature_cache,
         model=args.round,
         total_slices=args.total_slices,

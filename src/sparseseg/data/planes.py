@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 PLANES = ("xy", "xz", "yz")
+# The pseudo-label sets whose mean is A(Y), in this order: one per 2D plane, then the 3D model.
+PL_SETS = (*PLANES, "3d")
 # The array axis normal to each plane, counted from the end so leading channel axes are allowed.
 NORMAL_AXIS = {"xy": -1, "xz": -2, "yz": -3}
 

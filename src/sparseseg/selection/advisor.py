@@ -233,10 +233,9 @@ def advise(
     ``advice.json``, ``advice.md`` and ``advice.csv`` (the budget table), ``by_slices.csv``
     and ``advice.png``. With ``model`` (and the dataset's current sparse labels) the round view.
     """
-    from tqdm.auto import tqdm
-
     from sparseseg.data.layout import Dataset
     from sparseseg.fileio import atomic_dir, write_json, write_text
+    from sparseseg.progress import progress_bar
     from sparseseg.report import write_rows
     from sparseseg.selection.selector import check_volume_content, slice_features
 
@@ -272,8 +271,8 @@ def advise(
                 predictor.bundle.source,
             )
         labels, maps = [], []
-        for name, vol in tqdm(
-            list(zip(names, volumes, strict=True)), desc="model uncertainty", disable=not progress
+        for name, vol in progress_bar(
+            list(zip(names, volumes, strict=True)), desc="model uncertainty", enabled=progress
         ):
             if not ds.label_path(name).exists():
                 raise InputError("the round view needs the current labels", ds.label_path(name))

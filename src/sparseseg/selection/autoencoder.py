@@ -142,7 +142,7 @@ def train_autoencoder(
     """Train the encoder and decoder (the trunk stays frozen) to reconstruct ``targets``
     (N, 1, 32, 32) from ``trunk_out`` (N, 512, g, g) with mean squared error; return the loss of
     each step. Batches are drawn with replacement by a generator seeded with ``seed``."""
-    from tqdm import tqdm
+    from sparseseg.progress import progress_bar
 
     params = [*model.encoder.parameters(), *model.decoder.parameters()]
     optimiser = torch.optim.Adam(params, lr=lr)
@@ -151,7 +151,7 @@ def train_autoencoder(
     history = []
     n = len(trunk_out)
     with small_cpu_work(model.device):
-        for _ in tqdm(range(steps), desc="auto-encoder", unit="step", disable=not progress):
+        for _ in progress_bar(range(steps), desc="auto-encoder", unit="step", enabled=progress):
             idx = torch.randint(n, (min(batch_size, n),), generator=generator)
             _, recon = model(trunk_out[idx])
             loss = nn.functional.mse_loss(recon, targets[idx].to(model.device))

@@ -171,7 +171,7 @@ def _vgg_features(volumes, planes, path, seed, steps, batch_size, image_size, de
         raise InputError(f"image size must be a multiple of 32 (at least 32), got {image_size}")
     if steps < 0 or batch_size < 1:
         raise InputError("need steps >= 0 and batch size >= 1")
-    from sparseseg.training.loop import resolve_device
+    from sparseseg.runtime import resolve_device
 
     device = resolve_device(device)
     torch.manual_seed(seed)
@@ -186,9 +186,9 @@ def _vgg_features(volumes, planes, path, seed, steps, batch_size, image_size, de
     keys = [(i, p) for i in range(len(volumes)) for p in planes]
     total = sum(to_slices(volumes[i], p).shape[0] for i, p in keys)
     trunk_out, targets = {}, {}
-    from tqdm import tqdm
+    from sparseseg.progress import progress_bar
 
-    with tqdm(total=total, desc="VGG-19 trunk", unit="slice", disable=not progress) as bar:
+    with progress_bar(total=total, desc="VGG-19 trunk", unit="slice", enabled=progress) as bar:
         for i, p in keys:
             slices = to_slices(volumes[i], p)
             trunk_out[i, p] = model.run_trunk(resize_slices(slices, image_size), bar.update)

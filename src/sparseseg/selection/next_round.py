@@ -187,10 +187,9 @@ def select_next_round(
 ) -> Selection:
     """Choose the next slices in the training cases of ``dataset`` (current sparse labels in
     ``labelsTr``) with the model folder ``model``; see :func:`select_round_volumes`."""
-    from tqdm.auto import tqdm
-
     from sparseseg.data.layout import Dataset
     from sparseseg.predict import Predictor
+    from sparseseg.progress import progress_bar
 
     ds = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
     names = ds.cases("Tr")
@@ -205,7 +204,7 @@ def select_next_round(
             predictor.bundle.source,
         )
     volumes, labels, maps = [], [], []
-    for name in tqdm(names, desc="model uncertainty", unit="case", disable=not progress):
+    for name in progress_bar(names, desc="model uncertainty", unit="case", enabled=progress):
         image = ds.load_image(name)
         if not ds.label_path(name).exists():
             raise InputError("a later round needs the current labels", ds.label_path(name))

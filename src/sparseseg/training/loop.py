@@ -18,7 +18,6 @@ over ranks; rank 0 alone writes checkpoints (with every rank's RNG state) and sh
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from torch import nn
 
 from sparseseg import distributed
 from sparseseg.fileio import atomic_path
+from sparseseg.runtime import autocast, autocast_dtype, memory_format_for, resolve_device
 from sparseseg.training.schedules import lr_at
 
 Batch = dict[str, Any]
@@ -42,48 +42,6 @@ class Stateful(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> Any: ...
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """'auto' / None -> cuda if available else cpu; otherwise ``torch.device(device)``.
-
-    Under torchrun 'auto' and a bare 'cuda' mean ``cuda:LOCAL_RANK``."""
-    return distributed.default_device(device)
-
-
-def cpu_supports_bf16() -> bool:
-    """True where the CPU has native bf16 matrix support (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # older torch
-        return False
-
-
-def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None: plain fp32)."""
-    if precision == "fp32":
-        return None
-    if precision not in ("auto", "bf16", "fp16"):
-        raise ValueError(f"unknown precision {precision!r} (expected auto, bf16, fp16 or fp32)")
-    if device.type == "cuda":
-        if precision == "fp16" or not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
-    if precision == "bf16" or (precision == "auto" and cpu_supports_bf16()):
-        return torch.bfloat16
-    return None
-
-
-def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """An autocast context for ``device`` and ``precision`` (a null context for fp32)."""
-    dtype = autocast_dtype(device, precision)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def memory_format_for(dim: int) -> torch.memory_format:
-    return torch.channels_last_3d if dim == 5 else torch.channels_last
 
 
 def batch_to(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
@@ -114,7 +72,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomically write a checkpoint dict (tensors and primitive containers only)."""
+    """Atomically write a checkpoint dict (tensors and primitive containers only).
+
+    A checkpoint is training's internal state for resuming (weights, optimizer, step, RNG states,
+    history), read back only by :func:`fit`; it is not a model file. A trained model kept for
+    later use is stored in the model bundle format (:mod:`sparseseg.bundle`)."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -177,18 +139,10 @@ def fit(
 
     if resume and path is not None and path.exists():
         state = load_checkpoint(path, map_location=device)
-        model.load_state_dict(state["model"])
+        _restore(state, model, optimizer, scaler, extra_state, rank, world)
         history = list(state.get("history", []))
-        for name, obj in (extra_state or {}).items():  # a finished run's too (e.g. NN-fit's log)
-            if name in state.get("extra", {}):
-                obj.load_state_dict(state["extra"][name])
         if state.get("done"):
             return history
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        per_rank = state.get("rng_ranks")
-        _set_rng_state(per_rank[rank] if per_rank and len(per_rank) == world else state["rng"])
         start, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
         window = {k: list(v) for k, v in state.get("window", {}).items()}
 
@@ -201,22 +155,8 @@ def fit(
         if not distributed.is_main():
             distributed.barrier()
             return
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "done": done,
-            "elapsed": elapsed,
-            "rng": rngs[0] if rngs else _rng_state(),
-            "history": history,
-            "window": window,
-            "extra": {k: v.state_dict() for k, v in (extra_state or {}).items()},
-        }
-        if rngs:
-            state["rng_ranks"] = rngs
-        if scaler is not None:
-            state["scaler"] = scaler.state_dict()
+        state = _checkpoint_state(model, optimizer, scaler, extra_state, rngs)
+        state.update(step=step, done=done, elapsed=elapsed, history=history, window=window)
         save_checkpoint(path, state)
         distributed.barrier()
 
@@ -290,6 +230,54 @@ def fit(
     return history
 
 
+def _restore(
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler,
+    extra_state: dict[str, Stateful] | None,
+    rank: int,
+    world: int,
+) -> None:
+    """Load a checkpoint's weights and ``extra_state`` into the objects given and, for an
+    unfinished run, the optimizer, the grad scaler and this rank's RNG state."""
+    model.load_state_dict(state["model"])
+    for name, obj in (extra_state or {}).items():  # a finished run's too (e.g. NN-fit's log)
+        if name in state.get("extra", {}):
+            obj.load_state_dict(state["extra"][name])
+    if state.get("done"):
+        return
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    per_rank = state.get("rng_ranks")
+    _set_rng_state(per_rank[rank] if per_rank and len(per_rank) == world else state["rng"])
+
+
+def _checkpoint_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler,
+    extra_state: dict[str, Stateful] | None,
+    rngs: list | None,
+) -> dict[str, Any]:
+    """The objects' part of a checkpoint: weights, optimizer, RNG states (``rngs``: every
+    rank's, or None in a single process), grad scaler and ``extra_state``. :func:`fit` adds the
+    step, the time and the history."""
+    state: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rngs[0] if rngs else _rng_state(),
+        "extra": {k: v.state_dict() for k, v in (extra_state or {}).items()},
+    }
+    if rngs:
+        state["rng_ranks"] = rngs
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    return state
+
+
 def _not_finite(desc: str, value: float, step: int) -> FloatingPointError:
     return FloatingPointError(
         f"{desc}: loss is {value} at step {step}; lower the learning rate or use precision=fp32"
@@ -308,13 +296,13 @@ def _voxels(batch: Batch) -> int:
 
 
 def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from sparseseg.progress import progress_bar
 
-    return tqdm(
+    return progress_bar(
         total=total,
         initial=initial,
         desc=desc,
-        disable=not enabled,
+        enabled=enabled,
         dynamic_ncols=True,
         mininterval=1.0,
         unit="it",

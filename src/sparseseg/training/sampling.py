@@ -1,4 +1,4 @@
-"""Normalisation and the patch samplers that feed :func:`sparseseg.training.loop.fit`.
+"""The patch samplers that feed :func:`sparseseg.training.loop.fit`.
 
 Both samplers are callables ``sampler(step) -> batch`` whose draw depends only on ``(seed, step)``,
 so a resumed run sees the same batches as an unbroken one.
@@ -21,17 +21,6 @@ from sparseseg.data.planes import PLANES, to_slices
 from sparseseg.training.augment import apply_transform, crop_shape_for, draw_transform
 
 Case = Mapping[str, np.ndarray]
-
-
-def zscore(image: np.ndarray, eps: float = 1e-8) -> np.ndarray:
-    """Per-volume z-scoring: (image - mean) / std over all voxels, as float32; an image
-    (C, X, Y, Z) is z-scored per channel. The statistics are summed in float64, so the result
-    does not depend on the array's memory order (a volume read flipped is z-scored alike)."""
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 4:
-        return np.stack([zscore(channel, eps) for channel in image])
-    mean, std = float(image.mean(dtype=np.float64)), float(image.std(dtype=np.float64))
-    return (image - mean) / max(std, eps)
 
 
 def crop_padded(
