@@ -2,7 +2,7 @@
 
     from sparseseg import api
     sel = api.select("heart", budget=10, out="sel", simulate_from_labels=True)
-    state = api.train("sel/dataset", "model", preset="cpu")
+    state = api.train("sel/dataset", "model")
     api.predict("model", "sel/dataset/imagesTs", out="pred")
     scores = api.evaluate("pred", "sel/dataset")
 
@@ -87,7 +87,7 @@ def select(
 def train(
     dataset: str | Path,
     out: str | Path,
-    preset: str = "cpu",
+    preset: str = "auto",
     overrides: Sequence[str] | Mapping[str, Any] | None = None,
     *,
     resume: bool = False,

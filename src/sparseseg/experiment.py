@@ -178,14 +178,17 @@ def full_run(
     log: Callable[[str], None],
 ) -> dict:
     """Train the 3D DVN on the dense training labels and score it on the test split."""
-    from sparseseg.config import get_preset
     from sparseseg.evaluation import evaluate
     from sparseseg.models import load_model, save_model
+    from sparseseg.planning import resolve_preset
     from sparseseg.predict import case_name
     from sparseseg.pseudolabels import load_training_cases, train_model3d
     from sparseseg.training.sampling import zscore
 
-    cfg = get_preset(preset, {**seed_overrides(seed), **overrides})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = resolve_preset(
+        preset, {**seed_overrides(seed), **overrides}, dataset, device=device, model_dir=run_dir
+    )
     model_file = run_dir / "model3d.pt"
     t0 = time.perf_counter()
     if not model_file.exists():
@@ -203,7 +206,7 @@ def full_run(
             device=device,
             progress=progress,
         )
-        save_model(model_file, model, "densevoxnet", cfg.model3d, extra={"preset": cfg.name})
+        save_model(model_file, model, cfg.model3d.arch, cfg.model3d, extra={"preset": cfg.name})
         # training time across interruptions, as the loop counts it
         seconds = history[-1]["time"] if history else time.perf_counter() - t0
         (run_dir / "seconds.txt").write_text(f"{seconds:.1f}\n")
@@ -321,7 +324,7 @@ def run_experiment(
     budgets: Sequence[float] = (5, 10, 20, 40),
     strategies: Sequence[str] = ("ra", "eia"),
     seeds: Sequence[int] = (0,),
-    preset: str = "cpu",
+    preset: str = "auto",
     overrides: dict[str, Any] | None = None,
     *,
     planes: str | None = None,
@@ -355,6 +358,10 @@ def run_experiment(
     overrides = dict(overrides or {})
     try:
         cfg = get_preset(preset, {**seed_overrides(0), **overrides})
+        if preset == "auto":  # the planned planes (no time probe needed for them)
+            from sparseseg.planning import plan_preset
+
+            cfg = plan_preset(dataset, {**seed_overrides(0), **overrides}, budget=False)
     except ValueError as exc:
         raise InputError(f"bad settings: {exc}") from None
     planes = planes or ",".join(cfg.planes)

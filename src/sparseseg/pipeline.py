@@ -132,7 +132,7 @@ def run_meta_stage(
     """Train the meta-model on the PL sets of stage 2; write meta.pt and selftrain.json."""
     import torch
 
-    from sparseseg.models.meta import meta_kwargs
+    from sparseseg.models.meta import meta_arch, meta_kwargs
     from sparseseg.pseudolabels import pl_sets
     from sparseseg.selftrain import train_meta
 
@@ -169,7 +169,11 @@ def run_meta_stage(
     def write() -> None:
         with atomic_path(meta_weights_path(model_dir)) as tmp:
             torch.save(
-                {"kwargs": meta_kwargs(preset.meta, dataset.num_classes), "state_dict": weights},
+                {
+                    "arch": meta_arch(preset.meta),
+                    "kwargs": meta_kwargs(preset.meta, dataset.num_classes),
+                    "state_dict": weights,
+                },
                 tmp,
             )
         write_json(stage_dir / "selftrain.json", log_data)
@@ -200,7 +204,8 @@ def make_bundle(dataset: Dataset, model_dir: Path, preset) -> Path:
             raise InputError(f"cannot read base model ({type(exc).__name__})", path) from None
     path = meta_weights_path(model_dir)
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    parts["meta"] = ModelPart("ydensevoxnet", dict(saved["kwargs"]), saved["state_dict"])
+    arch = saved.get("arch", "ydensevoxnet")
+    parts["meta"] = ModelPart(arch, dict(saved["kwargs"]), saved["state_dict"])
     bundle = Bundle(
         parts=parts,
         class_names=dataset.class_names,
@@ -285,7 +290,7 @@ def _fmt(v: float | None) -> str:
 def train(
     dataset: Dataset | str | Path,
     model_dir: str | Path,
-    preset: str = "cpu",
+    preset: str = "auto",
     overrides: list[str] | dict[str, Any] | None = None,
     *,
     resume: bool = False,
@@ -297,7 +302,8 @@ def train(
     """Run Step II and Step III into ``model_dir``; return the pipeline state (MODEL/pipeline.json).
 
     ``preset``: a name in :data:`sparseseg.config.PRESETS`, with ``overrides`` as in
-    :func:`sparseseg.config.get_preset`.
+    :func:`sparseseg.config.get_preset`; ``auto`` is planned for the dataset
+    (:func:`sparseseg.planning.plan_preset`, MODEL/plan.json).
     With ``report`` and a labelled test split, the test cases are predicted by every part and
     scored (MODEL/report.json, also under the state's 'report' key).
     """
@@ -316,6 +322,10 @@ def train(
     if model_dir.exists() and not model_dir.is_dir():
         raise InputError("--out must be a folder", model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
+    if preset == "auto":  # planned from the dataset's fingerprint (and a time budget)
+        from sparseseg.planning import plan_preset
+
+        cfg = plan_preset(dataset, overrides, device=device, model_dir=model_dir, log=say)
     state = _check_same_run(model_dir, read_state(model_dir), dataset, _plain(cfg.to_dict()))
     distributed.run_on_main(lambda: write_json(model_dir / STATE_FILE, state))
 

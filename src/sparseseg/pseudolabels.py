@@ -175,7 +175,7 @@ def _fit(model, sampler, ignore_index, cfg, checkpoint, desc, resume, device, pr
     history = fit(
         model,
         sampler,
-        supervised_loss(ignore_index, cfg.aux_weight),  # aux_weight: deep supervision only
+        supervised_loss(ignore_index, cfg.aux_weight, cfg.loss),
         cfg,
         checkpoint,
         resume=resume,
@@ -209,9 +209,9 @@ def train_base_models(
     cases = load_training_cases(dataset)
     num_classes, ignore = dataset.num_classes, training_ignore_index(dataset)
     summary = _read_summary(out_dir)
-    for name, trainer, kind, cfg in (
-        (MODEL2D, train_model2d, "unet2d", preset.model2d),
-        (MODEL3D, train_model3d, "densevoxnet", preset.model3d),
+    for name, trainer, cfg in (
+        (MODEL2D, train_model2d, preset.model2d),
+        (MODEL3D, train_model3d, preset.model3d),
     ):
         if paths[name].exists():
             continue
@@ -231,8 +231,8 @@ def train_base_models(
             "history": history,
         }
 
-        def write(name=name, model=model, kind=kind, cfg=cfg) -> None:
-            save_model(paths[name], model, kind, cfg, extra={"preset": preset.name})
+        def write(name=name, model=model, cfg=cfg) -> None:
+            save_model(paths[name], model, cfg.arch, cfg, extra={"preset": preset.name})
             _write_summary(out_dir, dataset, preset, summary)
 
         distributed.run_on_main(write)

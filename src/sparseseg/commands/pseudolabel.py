@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from sparseseg import distributed
     from sparseseg.config import get_preset
     from sparseseg.data.layout import Dataset
@@ -29,6 +31,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"bad --set: {exc}") from None
     dataset = Dataset.open(args.dataset)
     with distributed.session(args.device) as device:  # joins torchrun's group, if any
+        if args.preset == "auto":  # planned from the dataset (see sparseseg.planning)
+            from sparseseg.planning import plan_preset
+
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)  # MODEL/plan.json: a resumed run reuses it
+            preset = plan_preset(
+                dataset, args.overrides, device=str(device), model_dir=out, log=_stderr
+            )
         summary = run_step2(
             dataset,
             args.out,
@@ -46,3 +56,9 @@ def run(args: argparse.Namespace) -> int:
         f"pseudo-labels {summary['pseudolabel_seconds_last_run']} s (this run)"
     )
     return 0
+
+
+def _stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
