@@ -161,3 +161,25 @@ def test_dynunet_trains_with_sgd_and_loss_decreases(build):
     )
     losses = [h["loss"] for h in history]
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+
+
+def test_bf16_gradients_match_fp32_when_a_feature_map_is_two_voxels_deep():
+    """torch's CPU bf16 Conv3d weight gradient is garbage for inputs 2 voxels deep along the
+    first spatial axis (about half of random draws); the DynUNet convs leave autocast there."""
+    from sparseseg.models.dynunet import SegDynUNet
+
+    torch.manual_seed(0)
+    for _ in range(6):
+        model = SegDynUNet(
+            1, 2, filters=(4, 8, 16), strides=(1, 1, 1, 2, 2, 2, 2, 1, 1), kernels=(3,) * 9
+        )
+        x, g = torch.randn(1, 1, 8, 8, 8), torch.randn(1, 2, 8, 8, 8)
+        grads = []
+        for bf16 in (False, True):
+            model.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = model.train()(x)[0]
+            out.float().backward(g)
+            grads.append(model.bottleneck.conv2.conv.weight.grad.clone())  # input 2 x 8 x 8
+        assert torch.isfinite(grads[1]).all()
+        assert float(grads[1].abs().max()) < 3 * float(grads[0].abs().max())

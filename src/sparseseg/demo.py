@@ -19,16 +19,12 @@ from sparseseg.data.layout import Dataset
 from sparseseg.data.phantom import write_phantom_dataset
 from sparseseg.fileio import atomic_path, write_text
 
-# Half the cpu preset's schedules, so the demo's three trainings (RA, EIA, full) stay well under
-# ten minutes on two CPU cores (191 s measured on idle cores); `sparseseg experiment` uses the
-# whole preset.
-DEMO_OVERRIDES: dict[str, object] = {
-    "train2d.iterations": 750,
-    "train2d.step_at": 550,
-    "train3d.iterations": 1200,
-    "meta.stage1_iterations": 600,
-    "meta.stage2_iterations": 300,
-}
+# The planned engine (preset auto) with a small time budget per training (the budget covers the
+# whole run: probe, training, pseudo-labels, NN-fit, test predictions), so the demo's three
+# trainings (RA, EIA, full) stay under ten minutes on two CPU cores; `sparseseg experiment` uses
+# the default budget.
+DEMO_MINUTES = 2.5
+DEMO_OVERRIDES: dict[str, object] = {"budget_minutes": DEMO_MINUTES}
 
 
 def _save(fig, path: Path) -> None:
@@ -135,7 +131,7 @@ def run_demo(
         budgets=(budget,),
         strategies=("ra", "eia"),
         seeds=(seed,),
-        preset="cpu",
+        preset="auto",
         overrides={**DEMO_OVERRIDES, **(overrides or {})},
         progress=progress,
         log=log,
@@ -149,8 +145,8 @@ def run_demo(
 blood pool, great vessels, bias field, noise; {dataset.load_image(dataset.cases("Tr")[0]).shape}
 voxels). Annotation is simulated from the dense labels: `s{budget:g}` keeps one slice in
 {budget:g} in each of the xy, xz and yz planes, chosen by representative annotation (RA) or at
-equal intervals (EIA). Models use the `cpu` preset with half-length schedules;
-scores are on the test volumes.
+equal intervals (EIA). Models use the `auto` preset (DynUNet networks planned from the data) with
+a {DEMO_MINUTES:g}-minute time budget per training; scores are on the test volumes.
 
 ## Results (means over the test volumes; per-case scores in `experiment/cases.csv`)
 

@@ -29,6 +29,49 @@ NORMS = {"instance": ("INSTANCE", {"affine": True}), "batch": ("BATCH", {"affine
 ACT = ("leakyrelu", {"inplace": True, "negative_slope": 0.01})
 
 
+class _Float32Norm:
+    """Mixin: the norm runs in float32 under autocast. In bf16, instance norm's variance over a
+    small feature map whose mean is large next to its spread can cancel to a negative number."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return super().forward(x.float()).to(x.dtype)
+
+
+class _InstanceNorm3d(_Float32Norm, nn.InstanceNorm3d):
+    pass
+
+
+class _InstanceNorm2d(_Float32Norm, nn.InstanceNorm2d):
+    pass
+
+
+class _Conv3d(nn.Conv3d):
+    """Conv3d that leaves CPU bf16 autocast for inputs exactly 2 voxels deep along the first
+    spatial axis: there torch 2.13's CPU bf16 backward of the weights returns garbage (about
+    half of random trials give |grad| > 100x the float32 one; seen as 1e35 after one SGD step
+    at a 2 x 4 x 4 bottleneck, then NaN). Other depths (1, 3, 4, ...) are fine."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.shape[2] == 2 and torch.is_autocast_cpu_enabled():
+            with torch.autocast(device_type="cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
+def autocast_safe(model: nn.Module) -> nn.Module:
+    """Swap in the bf16-safe norm and conv classes above (in place; same state dict)."""
+    swaps = {
+        nn.InstanceNorm3d: _InstanceNorm3d,
+        nn.InstanceNorm2d: _InstanceNorm2d,
+        nn.Conv3d: _Conv3d,
+    }
+    for module in model.modules():
+        if type(module) in swaps:
+            module.__class__ = swaps[type(module)]
+    return model
+
+
 def per_level(flat: Sequence[int], dims: int, levels: int, what: str) -> list[tuple[int, ...]]:
     """Flat ``(a0, b0, c0, a1, b1, c1, ...)`` -> ``[(a0, b0, c0), (a1, b1, c1), ...]``."""
     flat = [int(v) for v in flat]
@@ -91,6 +134,7 @@ class SegDynUNet(DynUNet):
             res_block=False,
         )
         self.num_classes = int(num_classes)
+        autocast_safe(self)
         total = tuple(math.prod(level[a] for level in s) for a in range(spatial_dims))
         if spatial_dims == 2:
             if total[0] != total[1]:
@@ -171,6 +215,7 @@ class MetaDynUNet(SegDynUNet):
                 self.norm_name,
             )
             y_input.apply(self.initialize_weights)
+            autocast_safe(y_input)
             self.input_block = y_input
             self.skip_layers.downsample = y_input  # the outermost skip layer holds the input block
         self.ay_skip = None
