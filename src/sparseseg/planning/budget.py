@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import time
 from collections.abc import Sequence
 
@@ -40,7 +41,8 @@ def _synthetic(batch: int, channels: int, patch: Sequence[int], num_classes: int
 
 
 def _train_seconds(model, cfg, channels: int, num_classes: int, device, steps: int) -> float:
-    """Seconds per training step (the mean over ``steps`` after one warm-up step)."""
+    """Seconds per training step: the median of ``steps`` timed steps after one warm-up step
+    (the median, so one step slowed by another job on a shared machine does not skew it)."""
     from sparseseg.training.loop import fit, supervised_loss
 
     cfg = dataclasses.replace(
@@ -57,33 +59,35 @@ def _train_seconds(model, cfg, channels: int, num_classes: int, device, steps: i
         progress=False,
     )
     times = [h["time"] for h in history]
-    return (times[-1] - times[0]) / max(len(times) - 1, 1)
+    return statistics.median(b - a for a, b in zip(times, times[1:], strict=False))
 
 
-def _infer_seconds(model, cfg, channels: int, patch: Sequence[int], batch: int, device) -> float:
-    """Seconds per voxel of an eval-mode forward pass (bf16/channels-last as in inference)."""
+def _infer_seconds(
+    model, cfg, channels: int, patch: Sequence[int], batch: int, device, repeats: int = 3
+) -> float:
+    """Seconds per voxel of an eval-mode forward pass (bf16/channels-last as in inference): the
+    median of ``repeats`` passes after a warm-up pass."""
     from sparseseg.training.loop import autocast, memory_format_for, resolve_device
 
     device = resolve_device(device)
     model.eval().to(device)
     x = torch.randn(batch, channels, *patch, device=device)
-    if device.type == "cpu" and cfg.channels_last:
-        model.to(memory_format=memory_format_for(x.dim()))
+    if device.type == "cpu" and getattr(model, "prefers_channels_last", True):
+        model.to(memory_format=memory_format_for(x.dim()))  # as sparseseg.inference does
         x = x.contiguous(memory_format=memory_format_for(x.dim()))
+    times = []
     with torch.inference_mode(), autocast(device, cfg.precision):
-        model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-    return dt / (batch * math.prod(patch))
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:]) / (batch * math.prod(patch))
 
 
 def probe(
-    preset: Preset, num_classes: int, in_channels: int = 1, device=None, steps: int = 2
+    preset: Preset, num_classes: int, in_channels: int = 1, device=None, steps: int = 3
 ) -> dict:
     """Measured seconds on this machine: '{2d,3d,meta}_step' per training step and
     '{2d,3d,meta}_voxel' per inferred voxel, plus 'seconds' (the probe's own wall time)."""
@@ -131,17 +135,29 @@ def _windows(size: Sequence[int], roi: Sequence[int], overlap: float) -> int:
     return n
 
 
+def _stride3d(cfg) -> tuple[int, int, int]:
+    """Total stride per axis of a 3D model config (DynUNet strides or DenseVoxNet's)."""
+    if cfg.arch == "dynunet":
+        levels = [cfg.strides[i : i + 3] for i in range(0, len(cfg.strides), 3)]
+        return tuple(math.prod(level[a] for level in levels) for a in range(3))
+    return tuple(int(d) * int(d) for d in cfg.downsample)
+
+
 def inference_seconds(preset: Preset, fp: dict, measured: dict) -> dict[str, float]:
     """Estimated seconds of the inference parts of a run: 'pseudolabels' (2D over every plane,
     3D sliding window, on every training case), 'nnfit' (the meta-model over every training case
     :data:`NNFIT_ROUNDS` times), 'test' (2D, 3D and meta on every test case) and 'io'."""
+    from sparseseg.inference import valid_roi
+
     patch = preset.inference.patch
-    window = math.prod(patch)
+    stride = _stride3d(preset.model3d)
     per_case = []
     for shape in fp["shapes"]:
         vox = math.prod(shape)
         two = len(preset.planes) * vox * measured["2d_voxel"]
-        n = _windows(shape, patch, preset.inference.overlap)
+        roi = valid_roi(patch, shape, stride)  # the window sparseseg.inference uses
+        window = math.prod(roi)
+        n = _windows(shape, roi, preset.inference.overlap)
         three = n * window * measured["3d_voxel"]
         meta = n * window * measured["meta_voxel"]
         per_case.append((two, three, meta))
