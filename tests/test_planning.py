@@ -213,3 +213,15 @@ def test_minutes_option_probes_and_plans_iterations(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # argparse: usage error
         main(["train", str(data), "--out", str(tmp_path / "x"), "--minutes", "0"])
     assert exc.value.code == 2
+
+
+def test_settings_that_do_not_fit_the_plan_are_refused_in_one_line(tmp_path, capsys):
+    data = write_phantom_dataset(tmp_path / "h", "heart", 2, seed=0, shape=(24, 24, 16))
+    out = tmp_path / "m"
+    few = [f"--set={k}={v}" for k, v in FEW_STEPS.items()]  # should a check fail to refuse
+    bad_levels = ["--set", "model3d.filters=8,16"]
+    bad_patch = ["--set", "train3d.patch=18x18x18"]  # the plan's stride is 4 along each axis
+    for bad, words in ((bad_levels, "model3d.strides needs 3 numbers"), (bad_patch, "multiple")):
+        assert main(["train", str(data), "--out", str(out), "--quiet", *few, *bad]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

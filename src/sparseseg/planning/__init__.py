@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from sparseseg.config import Preset, apply_overrides, get_preset, preset_from_dict
+from sparseseg.errors import InputError
 from sparseseg.planning.budget import ITERATION_FIELDS, describe_budget, fit_budget, probe
 from sparseseg.planning.fingerprint import fingerprint, fingerprint_arrays
-from sparseseg.planning.plan import describe, make_plan, plan_notes
+from sparseseg.planning.plan import check, describe, make_plan, plan_notes
 
 AUTO = "auto"
 PLAN_FILE = "plan.json"
@@ -107,8 +108,12 @@ def plan_preset(
     fp = fingerprint(dataset)
     fp["test_cases"] = len(dataset.cases("Ts")) if (dataset.root / "imagesTs").is_dir() else 0
     preset = make_plan(fp, device_type)
-    if wanted:
-        preset = apply_overrides(preset, wanted)
+    try:
+        if wanted:
+            preset = apply_overrides(preset, wanted)
+        check(preset)
+    except ValueError as exc:
+        raise InputError(f"bad settings: {exc}") from None
     record = None
     keep = [k for k in ITERATION_FIELDS if k in wanted]
     if budget and preset.budget_minutes > 0 and len(keep) < len(ITERATION_FIELDS):

@@ -204,6 +204,33 @@ def make_plan(fp: dict, device_type: str = "cpu", budget: Budget | None = None) 
     )
 
 
+def check(preset: Preset) -> None:
+    """ValueError if the DynUNet settings of ``preset`` do not fit together (levels of filters,
+    strides and kernels; training patches divisible by the total stride)."""
+    models = [("model2d", preset.model2d, 2, [("train2d", preset.train2d)])]
+    models.append(("model3d", preset.model3d, 3, [("train3d", preset.train3d)]))
+    models.append(("meta.model", preset.meta.model, 3, [("meta.train", preset.meta.train)]))
+    for name, cfg, dims, trains in models:
+        if cfg.arch != "dynunet":
+            continue
+        levels = len(cfg.filters)
+        for field in ("strides", "kernels"):
+            if len(getattr(cfg, field)) != dims * levels:
+                raise ValueError(
+                    f"{name}.{field} needs {dims} numbers per level for {levels} levels "
+                    f"({name}.filters), got {len(getattr(cfg, field))}"
+                )
+        stride = total_stride(_levels(cfg.strides, dims))
+        for train_name, train in trains:
+            if len(train.patch) != dims or any(
+                p % k for p, k in zip(train.patch, stride, strict=True)
+            ):
+                raise ValueError(
+                    f"{train_name}.patch {_x(train.patch)} must have {dims} sizes, each a "
+                    f"multiple of the total stride {_x(stride)} of {name}"
+                )
+
+
 def plan_notes(fp: dict) -> dict:
     """Decisions of the plan that are not preset fields."""
     lo, hi = fp["spacing_spread"]
