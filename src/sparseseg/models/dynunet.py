@@ -53,7 +53,7 @@ class _Conv3d(nn.Conv3d):
     at a 2 x 4 x 4 bottleneck, then NaN). Other depths (1, 3, 4, ...) are fine."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.shape[2] == 2 and torch.is_autocast_cpu_enabled():
+        if x.device.type == "cpu" and x.shape[2] == 2 and torch.is_autocast_enabled("cpu"):
             with torch.autocast(device_type="cpu", enabled=False):
                 return super().forward(x.float())
         return super().forward(x)

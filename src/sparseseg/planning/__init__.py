@@ -94,11 +94,14 @@ def plan_preset(
     device_type = resolve_device(device).type
     request = {"overrides": wanted, "device_type": device_type, "budget": bool(budget)}
     path = Path(model_dir) / PLAN_FILE if model_dir is not None else None
+    stored = {}
     if path is not None and path.exists():
         try:
             stored = json.loads(path.read_text())
         except json.JSONDecodeError:
             stored = {}
+    distributed.barrier()  # under torchrun: every rank has read plan.json before rank 0 writes it
+    if stored:
         if stored.get("request") == request and "preset" in stored:
             preset = preset_from_dict(stored["preset"])
             for line in describe(preset, stored.get("fingerprint")):
