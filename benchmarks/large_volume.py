@@ -37,7 +37,6 @@ generate_pseudolabels(sys.argv[1], sys.argv[2], get_preset("cpu"), progress=Fals
 def prepare(work: Path, shape: tuple[int, int, int]) -> None:
     """The bundle (work/model), the image (work/big_0000.nii) and a one-case sparse dataset with
     the base models in work/step2/models (skipped where they exist)."""
-    import dataclasses
 
     import numpy as np
 
@@ -47,7 +46,7 @@ def prepare(work: Path, shape: tuple[int, int, int]) -> None:
     from sparseseg.data.layout import write_dataset_json
     from sparseseg.data.volume import Volume
     from sparseseg.models import build_model2d, build_model3d, save_model
-    from sparseseg.models.factory import densevoxnet_kwargs
+    from sparseseg.models.factory import densevoxnet_kwargs, model_kwargs
     from sparseseg.models.meta import build_meta, meta_kwargs
 
     p, c = get_preset("cpu"), len(CLASSES)
@@ -60,7 +59,7 @@ def prepare(work: Path, shape: tuple[int, int, int]) -> None:
         parts = {
             "2d": ModelPart(
                 "unet2d",
-                {"in_channels": 1, "num_classes": c, **dataclasses.asdict(p.model2d)},
+                {"in_channels": 1, "num_classes": c, **model_kwargs("unet2d", p.model2d)},
                 m2.state_dict(),
             ),
             "3d": ModelPart(

@@ -1,19 +1,23 @@
-"""Throughput of the 3D base model (DenseVoxNet): training steps and sliding-window inference.
+"""Throughput of the 3D base model: training steps and sliding-window inference.
 
-Training: the same model, batch and optimizer step (masked cross-entropy with deep supervision,
-Adam) under fp32 and the faster CPU settings, side by side. Inference: plain fp32
-``monai.inferers.sliding_window_inference`` against :func:`sparseseg.inference.predict_volume_3d`
-(bf16 autocast), with the argmax agreement of the two.
+The model is the preset's 3D base model: DenseVoxNet (``cpu``, ``paper``) or DynUNet (``auto``,
+unplanned: 16-32-64-128, isotropic pooling). Training: the same model, batch and optimizer step
+(the preset's loss and optimizer: masked CE with deep supervision and Adam for DenseVoxNet,
+masked CE + soft Dice and SGD for DynUNet) under fp32 and the faster CPU settings, side by
+side. Inference: plain fp32 ``monai.inferers.sliding_window_inference`` against
+:func:`sparseseg.inference.predict_volume_3d` (bf16 autocast), with the argmax agreement.
 
     .venv/bin/python benchmarks/train_step.py                 # cpu preset model, batch 2, 48^3
     .venv/bin/python benchmarks/train_step.py --compile       # also try torch.compile
     .venv/bin/python benchmarks/train_step.py --preset paper --patch 64 --batch 1 --steps 3
+    .venv/bin/python benchmarks/train_step.py --preset auto --patch 48,64,48   # DynUNet
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import statistics
@@ -26,7 +30,8 @@ from sparseseg.config import get_preset
 from sparseseg.inference import predict_volume_3d
 from sparseseg.models import build_model3d
 from sparseseg.runtime import autocast, cpu_supports_bf16
-from sparseseg.training.losses import deep_supervision_loss
+from sparseseg.training.loop import make_optimizer
+from sparseseg.training.losses import segmentation_loss
 
 IGNORE = 3
 
@@ -34,13 +39,14 @@ IGNORE = 3
 class TrainRun:
     """One training setting: its own copy of the model and optimizer; ``step()`` times one step."""
 
-    def __init__(self, model, batch, bf16, channels_last, compile_model):
+    def __init__(self, model, batch, bf16, channels_last, compile_model, train_cfg):
         self.model = copy.deepcopy(model).train()
         self.image, self.label = batch
+        self.cfg = train_cfg
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
             self.image = self.image.contiguous(memory_format=torch.channels_last_3d)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=5e-4, eps=1e-10)
+        self.optimizer = make_optimizer(self.model.parameters(), train_cfg)
         self.forward = torch.compile(self.model) if compile_model else self.model
         self.precision = "bf16" if bf16 else "fp32"
         self.times: list[float] = []
@@ -49,11 +55,15 @@ class TrainRun:
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(torch.device("cpu"), self.precision):
-            loss, _ = deep_supervision_loss(self.forward(self.image), self.label, IGNORE, 0.5)
+            loss, _ = _loss(self.forward(self.image), self.label, self.cfg)
         loss.backward()
         self.optimizer.step()
         if record:
             self.times.append(time.perf_counter() - t0)
+
+
+def _loss(outputs, label, cfg):
+    return segmentation_loss(outputs, label, IGNORE, cfg.loss, cfg.aux_weight)
 
 
 def synthetic(rng: np.random.Generator, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -68,10 +78,10 @@ def synthetic(rng: np.random.Generator, shape) -> tuple[np.ndarray, np.ndarray]:
     return image, label
 
 
-def warm_up_model(model, steps, patch, batch):
+def warm_up_model(model, steps, patch, batch, train_cfg):
     """Train ``model`` briefly on synthetic data so its predictions are decisive (argmax
     agreement of an untrained, near-uniform model says little)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, eps=1e-10)
+    optimizer = make_optimizer(model.parameters(), train_cfg)
     rng = np.random.default_rng(1)
     model.train()
     for _ in range(steps):
@@ -79,7 +89,7 @@ def warm_up_model(model, steps, patch, batch):
         optimizer.zero_grad(set_to_none=True)
         with autocast(torch.device("cpu"), "auto"):
             out = model(torch.from_numpy(image)[:, None])
-            loss, _ = deep_supervision_loss(out, torch.from_numpy(label), IGNORE, 0.5)
+            loss, _ = _loss(out, torch.from_numpy(label), train_cfg)
         loss.backward()
         optimizer.step()
     return float(loss.detach())
@@ -103,9 +113,11 @@ def plain_monai(model, image, patch, overlap, sw_batch_size):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="cpu", choices=("cpu", "paper"))
+    parser.add_argument("--preset", default="cpu", choices=("cpu", "paper", "auto"))
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--patch", type=int, default=48, help="cubic training/inference patch")
+    parser.add_argument(
+        "--patch", default="48", help="training/inference patch: 48 (cubic) or 48,64,48"
+    )
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--volume", default="96,96,64", help="inference volume X,Y,Z")
@@ -130,11 +142,17 @@ def main() -> None:
     preset = get_preset(args.preset)
     torch.manual_seed(0)
     model = build_model3d(preset.model3d, 1, 3)
-    patch = (args.patch,) * 3
+    sizes = [int(p) for p in args.patch.split(",")]
+    patch = tuple(sizes * 3 if len(sizes) == 1 else sizes)
+    # the warm-up of the inference model: Adam 2e-3 (DenseVoxNet) or the preset's SGD
+    warm_cfg = preset.train3d
+    if warm_cfg.optimizer == "adam":
+        warm_cfg = dataclasses.replace(warm_cfg, lr=2e-3)
     image_np, label_np = synthetic(np.random.default_rng(0), (args.batch, *patch))
     image, label = torch.from_numpy(image_np)[:, None], torch.from_numpy(label_np)
     print(
-        f"DenseVoxNet ({args.preset} preset, {sum(p.numel() for p in model.parameters()):,} "
+        f"{type(model).__name__} ({args.preset} preset, "
+        f"{sum(p.numel() for p in model.parameters()):,} "
         f"parameters), batch {args.batch} x {patch}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, CPU bf16 support: {cpu_supports_bf16()}"
     )
@@ -152,7 +170,7 @@ def main() -> None:
     runs = {}
     for name, bf16, cl, comp in [] if args.skip_train else settings:
         try:
-            run = TrainRun(model, (image, label), bf16, cl, comp)
+            run = TrainRun(model, (image, label), bf16, cl, comp, preset.train3d)
             for _ in range(args.warmup + (2 if comp else 0)):
                 run.step(record=False)
             runs[name] = run
@@ -185,7 +203,7 @@ def main() -> None:
 
         model, _ = load_model(args.model)
     else:
-        loss = warm_up_model(model, args.train_steps, patch, args.batch)
+        loss = warm_up_model(model, args.train_steps, patch, args.batch, warm_cfg)
         print(
             f"\n(inference model: {args.train_steps} training steps on synthetic data, "
             f"loss {loss:.3f})"

@@ -254,14 +254,13 @@ from sparseseg.config import get_preset
 from sparseseg.data.io import write_nifti
 from sparseseg.models import build_model2d, build_model3d
 from sparseseg.models.meta import build_meta, meta_kwargs
-from sparseseg.models.factory import densevoxnet_kwargs
+from sparseseg.models.factory import densevoxnet_kwargs, model_kwargs
 from sparseseg.predict import predict_files
-import dataclasses
 
 root, shape = sys.argv[1], tuple(int(s) for s in sys.argv[2].split("x"))
 p, c = get_preset("cpu"), 3
 m2, m3, mm = build_model2d(p.model2d, 1, c), build_model3d(p.model3d, 1, c), build_meta(p.meta, c)
-k2 = {"in_channels": 1, "num_classes": c, **dataclasses.asdict(p.model2d)}
+k2 = {"in_channels": 1, "num_classes": c, **model_kwargs("unet2d", p.model2d)}
 k3 = {"in_channels": 1, "num_classes": c, **densevoxnet_kwargs(p.model3d)}
 parts = {"2d": ModelPart("unet2d", k2, m2.state_dict()),
          "3d": ModelPart("densevoxnet", k3, m3.state_dict()),

@@ -32,6 +32,8 @@ ARCHITECTURES = {
     "densevoxnet": "sparseseg.models.densevoxnet:DenseVoxNet",
     "unet2d": "sparseseg.models.fcn2d:UNet2D",
     "ydensevoxnet": "sparseseg.models.meta:YDenseVoxNet",
+    "dynunet": "sparseseg.models.dynunet:SegDynUNet",
+    "dynunet-meta": "sparseseg.models.dynunet:MetaDynUNet",
 }
 
 

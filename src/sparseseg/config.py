@@ -1,5 +1,7 @@
 """Presets: every size and schedule of Steps II and III in one place.
 
+``auto`` (the default engine) is nnU-Net-like: MONAI DynUNet models, SGD, CE + Dice, with patch,
+pooling, widths, batch and iterations planned from the dataset (:mod:`sparseseg.planning`).
 ``paper`` follows the paper (DenseVoxNet of Yu et al., 2D U-Net, Adam 5e-4, 2D step decay after 10k
 iterations, 3D/meta poly 0.9) and is meant for a GPU. ``cpu`` keeps the method and shrinks widths,
 patches and iterations so that the whole pipeline runs on two CPU cores in minutes. ``cpu-aniso``
@@ -20,18 +22,29 @@ from sparseseg.data.planes import PLANES, parse_planes
 
 @dataclass(frozen=True)
 class Model2DConfig:
-    """2D U-Net widths (see :class:`sparseseg.models.fcn2d.UNet2D`)."""
+    """The 2D base model: ``arch`` 'unet2d' (:class:`sparseseg.models.fcn2d.UNet2D`, widths from
+    ``base_channels``/``depth``/``max_channels``) or 'dynunet' (MONAI DynUNet, see
+    :mod:`sparseseg.models.dynunet`: ``filters`` per level, ``strides``/``kernels`` flattened
+    2 per level)."""
 
     base_channels: int = 32
     depth: int = 4
     max_channels: int = 512
     norm: str = "batch"
     dropout: float = 0.0
+    arch: str = "unet2d"
+    filters: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (1, 1, 2, 2, 2, 2, 2, 2)
+    kernels: tuple[int, ...] = (3, 3, 3, 3, 3, 3, 3, 3)
 
 
 @dataclass(frozen=True)
 class Model3DConfig:
-    """DenseVoxNet widths (see :class:`sparseseg.models.densevoxnet.DenseVoxNet`)."""
+    """The 3D base model (and the meta-model's body): ``arch`` 'densevoxnet' (the paper's
+    :class:`sparseseg.models.densevoxnet.DenseVoxNet`: stem_channels .. downsample) or 'dynunet'
+    (MONAI DynUNet, nnU-Net's network, see :mod:`sparseseg.models.dynunet`: ``filters`` per
+    level, ``strides`` and ``kernels`` flattened 3 per level, ``norm``, ``dropout``,
+    ``deep_supervision``)."""
 
     stem_channels: int = 16
     growth: int = 12
@@ -43,6 +56,10 @@ class Model3DConfig:
     init_std: float | None = 0.01  # N(0, init_std) conv weights as in the paper; None: He init
     # per-axis factor of the two down steps; (2, 2, 1) keeps Z at full resolution (EM stacks)
     downsample: tuple[int, int, int] = (2, 2, 2)
+    arch: str = "densevoxnet"
+    filters: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2)
+    kernels: tuple[int, ...] = (3,) * 12
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,10 @@ class TrainConfig:
     ``patch`` has 2 entries for 2D models and 3 for 3D models. ``schedule`` is 'step' (lr x
     ``step_gamma`` from iteration ``step_at``) or 'poly' (lr x (1 - t/T) ** ``poly_power``).
     ``precision``: 'auto' (bf16 autocast on CPUs with bf16 support and on CUDA), 'bf16' or 'fp32'.
+    ``optimizer``: 'adam' (``betas``, ``eps``) or 'sgd' (``momentum``, ``nesterov``).
+    ``loss``: 'ce' (masked cross-entropy, auxiliary outputs weighted ``aux_weight``) or 'ce+dice'
+    (masked cross-entropy + masked soft Dice, deep-supervision weights halving per level).
+    ``grad_clip``: maximum gradient norm (0: no clipping).
     """
 
     iterations: int = 1000
@@ -65,7 +86,12 @@ class TrainConfig:
     poly_power: float = 0.9
     step_at: int = 10000
     step_gamma: float = 0.1
-    aux_weight: float = 0.5  # weight of the deep-supervision loss (3D models)
+    aux_weight: float = 0.5  # weight of the deep-supervision loss (3D models, loss 'ce')
+    optimizer: str = "adam"
+    momentum: float = 0.99  # SGD only
+    nesterov: bool = True  # SGD only
+    loss: str = "ce"
+    grad_clip: float = 0.0
     annotated_fraction: float = 0.67  # share of crops centred on an annotated voxel
     flip_axes: tuple[int, ...] = (0, 1, 2)  # random flips; all axes for sparse labels
     rot90_xy: bool = True  # random 90-degree rotations in the axial (xy) plane
@@ -108,6 +134,10 @@ class MetaConfig:
     # base model (xz 0.624/0.876); with it 0.665/0.885, above every base model and above the
     # four-set vote it starts from (0.583/0.897).
     ay_skip: float = 4.0
+    # DynUNet meta-model only: 'stack' (A(Y) as extra input channels of one DynUNet) or 'y'
+    # (image and A(Y) through separate input blocks, fused before the encoder, as in Fig. 4).
+    # The DenseVoxNet meta-model is always Y-shaped.
+    fusion: str = "y"
 
 
 @dataclass(frozen=True)
@@ -120,6 +150,9 @@ class Preset:
     inference: InferenceConfig
     meta: MetaConfig
     planes: tuple[str, ...] = PLANES
+    # Time budget of Steps II and III in minutes (preset 'auto'): iterations are then planned
+    # from a throughput probe (see sparseseg.planning); 0 keeps the iterations as set.
+    budget_minutes: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
@@ -242,7 +275,54 @@ def _cpu_aniso() -> Preset:
     )
 
 
-PRESETS = {"cpu": _cpu, "cpu-aniso": _cpu_aniso, "paper": _paper}
+def _auto() -> Preset:
+    """The default engine before planning: DynUNet (nnU-Net's network) for the 2D, 3D and meta
+    models, SGD Nesterov 0.99 lr 1e-2 poly 0.9, weight decay 3e-5, masked CE + soft Dice with
+    deep supervision, gradient norm clipped at 12, and the paper's iteration counts.
+
+    :func:`sparseseg.planning.plan_preset` replaces patch, pooling, kernels, widths, batch,
+    planes and (with a time budget) iterations from the dataset's fingerprint; this unplanned
+    version fits a volume of about 48 x 64 x 48 isotropic voxels (MSD Hippocampus).
+    """
+    train = TrainConfig(
+        iterations=15000,
+        batch_size=2,
+        patch=(48, 64, 48),
+        lr=1e-2,
+        optimizer="sgd",
+        momentum=0.99,
+        nesterov=True,
+        weight_decay=3e-5,
+        schedule="poly",
+        poly_power=0.9,
+        loss="ce+dice",
+        grad_clip=12.0,
+        # channels_last_3d slows DynUNet down on the CPU (instance norm): bf16 alone 1.91x fp32,
+        # bf16 + channels_last_3d 1.55x (docs/performance.md)
+        channels_last=False,
+        checkpoint_every=200,
+        checkpoint_seconds=120.0,
+    )
+    model3d = Model3DConfig(arch="dynunet", norm="instance", dropout=0.0, init_std=None)
+    return Preset(
+        name="auto",
+        model2d=Model2DConfig(arch="dynunet", norm="instance"),
+        train2d=dataclasses.replace(train, iterations=20000, batch_size=8, patch=(64, 64)),
+        model3d=model3d,
+        train3d=train,
+        inference=InferenceConfig(patch=(48, 64, 48), overlap=0.5, sw_batch_size=2),
+        meta=MetaConfig(
+            model=model3d,
+            train=train,
+            stage1_iterations=10000,
+            stage2_iterations=5000,
+            switch_threshold=0.05,
+            fusion="stack",
+        ),
+    )
+
+
+PRESETS = {"auto": _auto, "cpu": _cpu, "cpu-aniso": _cpu_aniso, "paper": _paper}
 
 
 def get_preset(name: str, overrides: list[str] | dict[str, Any] | None = None) -> Preset:

@@ -186,14 +186,17 @@ def full_run(
 ) -> dict:
     """Train the 3D DVN on the dense training labels and score it on the test split."""
     from sparseseg.bundle import Bundle, model_part
-    from sparseseg.config import get_preset
     from sparseseg.data.io import write_nifti
     from sparseseg.evaluation import evaluate
     from sparseseg.models import load_model, save_model
+    from sparseseg.planning import resolve_preset
     from sparseseg.predict import Predictor
     from sparseseg.pseudolabels import load_training_cases, train_model3d
 
-    cfg = get_preset(preset, {**seed_overrides(seed), **overrides})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = resolve_preset(
+        preset, {**seed_overrides(seed), **overrides}, dataset, device=device, model_dir=run_dir
+    )
     model_file = run_dir / "model3d.pt"
     t0 = time.perf_counter()
     if not model_file.exists():
@@ -215,7 +218,7 @@ def full_run(
         # that the model and its time are committed together
         seconds = history[-1]["time"] if history else time.perf_counter() - t0
         extra = {"preset": cfg.name, "train_seconds": round(float(seconds), 1)}
-        save_model(model_file, model, "densevoxnet", cfg.model3d, extra=extra)
+        save_model(model_file, model, cfg.model3d.arch, cfg.model3d, extra=extra)
     _, saved = load_model(model_file)  # a clear error for a damaged file
     seconds = saved["extra"]["train_seconds"]
     config = fingerprint.plain(cfg.to_dict())
@@ -363,6 +366,10 @@ def run_experiment(
     overrides = dict(overrides or {})
     try:
         cfg = get_preset(preset, {**seed_overrides(0), **overrides})
+        if preset == "auto":  # the planned planes (no time probe needed for them)
+            from sparseseg.planning import plan_preset
+
+            cfg = plan_preset(dataset, {**seed_overrides(0), **overrides}, budget=False)
     except ValueError as exc:
         raise InputError(f"bad settings: {exc}") from None
     planes = planes or ",".join(cfg.planes)

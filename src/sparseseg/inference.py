@@ -45,6 +45,11 @@ def valid_roi(
     )
 
 
+def _prefers_channels_last(model: nn.Module) -> bool:
+    """False for models that run slower in channels-last order (DynUNet's instance norm)."""
+    return bool(getattr(model, "prefers_channels_last", True))
+
+
 def _model_stride(model: nn.Module, default: int) -> int | tuple[int, ...]:
     stride = getattr(model, "stride", default)
     return tuple(int(k) for k in stride) if isinstance(stride, (tuple, list)) else int(stride)
@@ -76,7 +81,7 @@ def predict_volume_3d(
     x = torch.from_numpy(_as_channels(image, normalize))[None]
     roi = valid_roi(patch, x.shape[2:], _model_stride(model, 4))
     model.eval().to(device)
-    use_cl = channels_last and device.type == "cpu"
+    use_cl = channels_last and device.type == "cpu" and _prefers_channels_last(model)
     if use_cl:
         model.to(memory_format=torch.channels_last_3d)
 
@@ -128,7 +133,7 @@ def predict_planes_2d(
     x = _as_channels(image, normalize)
     stride = _model_stride(model, 16)
     model.eval().to(device)
-    use_cl = channels_last and device.type == "cpu"
+    use_cl = channels_last and device.type == "cpu" and _prefers_channels_last(model)
     if use_cl:
         model.to(memory_format=torch.channels_last)
     num_classes = int(model.num_classes)

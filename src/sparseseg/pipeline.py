@@ -100,7 +100,7 @@ def run_meta_stage(
     """Train the meta-model on the PL sets of stage 2; write meta.pt and selftrain.json."""
     import torch
 
-    from sparseseg.models.meta import meta_kwargs
+    from sparseseg.models.meta import meta_arch, meta_kwargs
     from sparseseg.pseudolabels import pl_sets
     from sparseseg.selftrain import train_meta
 
@@ -138,6 +138,7 @@ def run_meta_stage(
         with atomic_path(meta_weights_path(model_dir)) as tmp:
             torch.save(
                 {
+                    "arch": meta_arch(preset.meta),
                     "kwargs": meta_kwargs(preset.meta, dataset.num_classes, dataset.num_channels),
                     "state_dict": weights,
                 },
@@ -167,7 +168,8 @@ def make_bundle(dataset: Dataset, model_dir: Path, preset) -> Path:
             raise InputError(f"cannot read base model ({type(exc).__name__})", path) from None
     path = meta_weights_path(model_dir)
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    parts["meta"] = ModelPart("ydensevoxnet", dict(saved["kwargs"]), saved["state_dict"])
+    arch = saved.get("arch", "ydensevoxnet")
+    parts["meta"] = ModelPart(arch, dict(saved["kwargs"]), saved["state_dict"])
     bundle = Bundle(
         parts=parts,
         class_names=dataset.class_names,
@@ -269,7 +271,8 @@ def train(
     """Run Step II and Step III into ``model_dir``; return the pipeline state (MODEL/pipeline.json).
 
     ``preset``: a name in :data:`sparseseg.config.PRESETS`, with ``overrides`` as in
-    :func:`sparseseg.config.get_preset`.
+    :func:`sparseseg.config.get_preset`; ``auto`` is planned for the dataset
+    (:func:`sparseseg.planning.plan_preset`, MODEL/plan.json).
     With ``report`` and a labelled test split, the test cases are predicted by every part and
     scored (MODEL/report.json, also under the state's 'report' key).
     An existing ``model_dir`` is continued only if it was made from the same data and settings
@@ -295,9 +298,19 @@ def train(
     model_dir = distributed.run_on_main(
         lambda: output_folder.claim(out_dir, current, overwrite=overwrite, what="model folder")
     )
+    if preset == "auto":
+        # planned inside the folder (MODEL/plan.json, reused by a rerun): the fingerprint
+        # records what was asked for, the state the plan that was measured
+        from sparseseg.planning import plan_preset
+
+        cfg = plan_preset(dataset, overrides, device=device, model_dir=model_dir, log=say)
     state = read_state(model_dir) or {"stages": {}}
     state.update(
-        {"dataset": str(dataset.root.resolve()), "class_names": dataset.class_names, **settings}
+        {
+            "dataset": str(dataset.root.resolve()),
+            "class_names": dataset.class_names,
+            "preset": fingerprint.plain(cfg.to_dict()),
+        }
     )
     distributed.run_on_main(lambda: write_json(model_dir / STATE_FILE, state))
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +178,7 @@ def _fit(model, sampler, ignore_index, cfg, checkpoint, desc, resume, device, pr
     history = fit(
         model,
         sampler,
-        supervised_loss(ignore_index, cfg.aux_weight),  # aux_weight: deep supervision only
+        supervised_loss(ignore_index, cfg.aux_weight, cfg.loss),
         cfg,
         checkpoint,
         resume=resume,
@@ -212,9 +212,9 @@ def train_base_models(
     cases = load_training_cases(dataset)
     num_classes, ignore = dataset.num_classes, training_ignore_index(dataset)
     summary = _read_summary(out_dir)
-    for name, trainer, kind, cfg in (
-        (MODEL2D, train_model2d, "unet2d", preset.model2d),
-        (MODEL3D, train_model3d, "densevoxnet", preset.model3d),
+    for name, trainer, cfg in (
+        (MODEL2D, train_model2d, preset.model2d),
+        (MODEL3D, train_model3d, preset.model3d),
     ):
         if paths[name].exists():
             continue
@@ -234,11 +234,11 @@ def train_base_models(
             "history": history,
         }
 
-        def write(name=name, model=model, kind=kind, cfg=cfg) -> None:
+        def write(name=name, model=model, cfg=cfg) -> None:
             # the history first: a kill between the two retrains the model (same result) and
             # rewrites it, where the other order would leave a model without its history
             _write_summary(out_dir, dataset, preset, summary)
-            save_model(paths[name], model, kind, cfg, extra={"preset": preset.name})
+            save_model(paths[name], model, cfg.arch, cfg, extra={"preset": preset.name})
 
         distributed.run_on_main(write)
     return paths
@@ -430,12 +430,16 @@ def pseudolabel(
     overwrite: bool = False,
     device: str | None = None,
     progress: bool = True,
+    overrides: list[str] | dict | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """:func:`run_step2` into an output folder of its own (``sparseseg pseudolabel``).
 
     An existing ``out_dir`` is continued only if it was made from the same training split,
-    dataset.json and resolved preset (its fingerprint); else InputError, unless ``overwrite``
-    (then it is replaced once the new output is complete; see :mod:`sparseseg.output_folder`).
+    dataset.json and preset (its fingerprint); else InputError, unless ``overwrite`` (then it
+    is replaced once the new output is complete; see :mod:`sparseseg.output_folder`). The
+    ``auto`` preset is planned inside the folder (``plan.json``, reused by a rerun) from the
+    dataset and ``overrides``; the fingerprint records the request, not the measured plan.
     """
     from sparseseg import output_folder
     from sparseseg.fingerprint import dataset_fingerprint, make, plain
@@ -446,6 +450,10 @@ def pseudolabel(
     work = distributed.run_on_main(
         lambda: output_folder.claim(out_dir, current, overwrite=overwrite, what="output folder")
     )
+    if preset.name == "auto":
+        from sparseseg.planning import plan_preset
+
+        preset = plan_preset(dataset, overrides, device=device, model_dir=work, log=log)
     summary = run_step2(dataset, work, preset, resume=resume, device=device, progress=progress)
     distributed.run_on_main(lambda: output_folder.commit(work, out_dir))
     return summary

@@ -263,7 +263,7 @@ def train_meta(
     """
     from sparseseg.models.meta import build_meta
     from sparseseg.training.loop import fit
-    from sparseseg.training.losses import deep_supervision_loss
+    from sparseseg.training.losses import segmentation_loss
 
     mcfg = preset.meta
     s1, s2 = int(mcfg.stage1_iterations), int(mcfg.stage2_iterations)
@@ -315,7 +315,9 @@ def train_meta(
                 nnfit_round(net, step)
             choice = torch.tensor(nnfit.choices, dtype=torch.int64)[batch["case"].cpu()]
         target = pick_targets(batch["targets"], choice)
-        loss, logs = deep_supervision_loss(net(batch["image"]), target, ignore, cfg.aux_weight)
+        loss, logs = segmentation_loss(
+            net(batch["image"]), target, ignore, cfg.loss, cfg.aux_weight
+        )
         for k, name in enumerate(pl_names):
             logs[f"pick_{name}"] = float((choice == k).float().mean())
         logs["stage"] = 1.0 if step < s1 else 2.0

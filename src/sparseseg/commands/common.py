@@ -7,10 +7,25 @@ import argparse
 from sparseseg.config import PRESETS
 
 
+class _Minutes(argparse.Action):
+    """``--minutes M`` is the override ``budget_minutes=M``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values <= 0:
+            parser.error("--minutes must be positive")
+        items = list(getattr(namespace, self.dest, None) or [])
+        setattr(namespace, self.dest, [*items, f"budget_minutes={values}"])
+
+
 def add_preset_arguments(parser: argparse.ArgumentParser, example: str) -> None:
-    """``--preset`` and the repeatable ``--set FIELD=VALUE`` (``example`` shows one)."""
+    """``--preset``, the repeatable ``--set FIELD=VALUE`` (``example`` shows one) and
+    ``--minutes``."""
     parser.add_argument(
-        "--preset", default="cpu", choices=tuple(PRESETS), help="sizes and schedules (cpu)"
+        "--preset",
+        default="cpu",
+        choices=tuple(PRESETS),
+        help="sizes and schedules (default cpu; cpu-aniso, paper: fixed; auto: planned from the "
+        "dataset, DynUNet networks, with a time budget)",
     )
     parser.add_argument(
         "--set",
@@ -19,6 +34,15 @@ def add_preset_arguments(parser: argparse.ArgumentParser, example: str) -> None:
         default=[],
         metavar="SECTION.FIELD=VALUE",
         help=f"override a preset field, e.g. {example} (repeatable)",
+    )
+    parser.add_argument(
+        "--minutes",
+        dest="overrides",
+        type=float,
+        action=_Minutes,
+        metavar="M",
+        help="time budget of the training in minutes (preset auto): a short probe of this "
+        "machine turns it into iterations (default: 30 on a CPU, the paper's schedule on a GPU)",
     )
 
 

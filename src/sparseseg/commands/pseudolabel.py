@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from sparseseg.config import get_preset
     from sparseseg.data.layout import Dataset
     from sparseseg.errors import InputError
-    from sparseseg.pseudolabels import pl_dir, pl_sets, pseudolabel
+    from sparseseg.pseudolabels import pl_dir, pseudolabel
 
     try:
         preset = get_preset(args.preset, args.overrides)
@@ -42,13 +42,21 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             device=str(device),
             progress=not args.quiet and distributed.is_main(),
+            overrides=args.overrides,
+            log=_stderr,
         )
         if not distributed.is_main():
             return 0
-    for name in pl_sets(preset.planes):
+    for name in summary["pl_sets"]:
         print(f"{name}: {pl_dir(args.out, name)}")
     print(
         f"{len(summary['cases'])} cases; training {summary['training_seconds_last_run']} s, "
         f"pseudo-labels {summary['pseudolabel_seconds_last_run']} s (this run)"
     )
     return 0
+
+
+def _stderr(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)

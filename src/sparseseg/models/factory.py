@@ -1,12 +1,14 @@
 """Build models from preset configs, and save/load them as small self-describing files.
 
 A model file is a dict ``{"kind", "in_channels", "num_classes", "config", "state_dict", ...}``
-written with ``torch.save``; it loads with ``torch.load(weights_only=True)``.
+written with ``torch.save``; it loads with ``torch.load(weights_only=True)``. ``config`` holds
+the constructor arguments of ``kind`` (the same the model bundle stores, see
+:mod:`sparseseg.bundle`), so every kind loads the same way.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +17,62 @@ from torch import nn
 
 from sparseseg.errors import InputError
 from sparseseg.fileio import atomic_path
-from sparseseg.models.densevoxnet import DenseVoxNet
-from sparseseg.models.fcn2d import UNet2D
 
 
-def build_model2d(cfg, in_channels: int, num_classes: int) -> UNet2D:
-    """A :class:`UNet2D` from a :class:`sparseseg.config.Model2DConfig`."""
-    return UNet2D(
-        in_channels,
-        num_classes,
-        base_channels=cfg.base_channels,
-        depth=cfg.depth,
-        max_channels=cfg.max_channels,
-        norm=cfg.norm,
-        dropout=cfg.dropout,
-    )
+def build_model2d(cfg, in_channels: int, num_classes: int) -> nn.Module:
+    """The 2D base model of a :class:`sparseseg.config.Model2DConfig` (``cfg.arch``)."""
+    return build_model(cfg.arch, cfg, in_channels, num_classes)
 
 
-def build_model3d(cfg, in_channels: int, num_classes: int) -> DenseVoxNet:
-    """A :class:`DenseVoxNet` from a :class:`sparseseg.config.Model3DConfig`."""
-    return DenseVoxNet(in_channels, num_classes, **densevoxnet_kwargs(cfg))
+def build_model3d(cfg, in_channels: int, num_classes: int) -> nn.Module:
+    """The 3D base model of a :class:`sparseseg.config.Model3DConfig` (``cfg.arch``)."""
+    return build_model(cfg.arch, cfg, in_channels, num_classes)
+
+
+def build_model(kind: str, cfg, in_channels: int, num_classes: int) -> nn.Module:
+    """The network ``kind`` ('unet2d', 'densevoxnet', 'dynunet') sized by ``cfg``."""
+    return model_class(kind)(in_channels, num_classes, **model_kwargs(kind, cfg))
+
+
+def model_class(kind: str) -> type[nn.Module]:
+    """The class of architecture ``kind`` (as the model bundle names them)."""
+    from sparseseg.bundle import ARCHITECTURES
+
+    if kind not in ARCHITECTURES:
+        raise ValueError(f"unknown model kind {kind!r} (expected one of {', '.join(BUILDERS)})")
+    module_name, class_name = ARCHITECTURES[kind].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def model_kwargs(kind: str, cfg) -> dict[str, Any]:
+    """The constructor arguments of ``kind`` (besides in_channels, num_classes) from a Model2DConfig
+    or Model3DConfig, as plain JSON-able values (what model files and bundles store)."""
+    if kind not in BUILDERS:
+        raise ValueError(f"unknown model kind {kind!r} (expected one of {', '.join(BUILDERS)})")
+    if kind == "unet2d":
+        names = ("base_channels", "depth", "max_channels", "norm", "dropout")
+        kwargs = {n: getattr(cfg, n) for n in names}
+    elif kind == "densevoxnet":
+        kwargs = densevoxnet_kwargs(cfg)
+    else:
+        kwargs = dynunet_kwargs(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+
+
+def dynunet_kwargs(cfg) -> dict[str, Any]:
+    """Keyword arguments of :class:`sparseseg.models.dynunet.SegDynUNet` from a model config
+    (2D or 3D: the number of strides per level follows the config's kind)."""
+    from sparseseg.config import Model2DConfig
+
+    return {
+        "spatial_dims": 2 if isinstance(cfg, Model2DConfig) else 3,
+        "filters": tuple(cfg.filters),
+        "strides": tuple(cfg.strides),
+        "kernels": tuple(cfg.kernels),
+        "norm": cfg.norm,
+        "dropout": cfg.dropout,
+        "deep_supervision": bool(getattr(cfg, "deep_supervision", True)),
+    }
 
 
 def densevoxnet_kwargs(cfg) -> dict[str, Any]:
@@ -52,7 +90,7 @@ def densevoxnet_kwargs(cfg) -> dict[str, Any]:
     }
 
 
-BUILDERS = {"unet2d": build_model2d, "densevoxnet": build_model3d}
+BUILDERS = ("unet2d", "densevoxnet", "dynunet")
 
 
 def save_model(
@@ -63,7 +101,7 @@ def save_model(
         "kind": kind,
         "in_channels": int(model.in_channels),
         "num_classes": int(model.num_classes),
-        "config": dataclasses.asdict(cfg),
+        "config": model_kwargs(kind, cfg),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": dict(extra or {}),
     }
@@ -71,29 +109,18 @@ def save_model(
         torch.save(state, tmp)
 
 
-def load_model(path: str | Path, config_cls=None) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a model saved by :func:`save_model` (kinds 'unet2d', 'densevoxnet') in eval mode.
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a model saved by :func:`save_model` (any kind of :data:`BUILDERS`) in eval mode.
 
     Returns ``(model, file_dict)``. Raises InputError for a missing or unreadable file.
     """
-    from sparseseg.config import Model2DConfig, Model3DConfig
-
     path = Path(path)
     if not path.exists():
         raise InputError("model file not found", path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        kind = state["kind"]
-        cls = config_cls or {"unet2d": Model2DConfig, "densevoxnet": Model3DConfig}[kind]
-        fields = {f.name for f in dataclasses.fields(cls)}
-        cfg = cls(
-            **{
-                k: tuple(v) if isinstance(v, list) else v
-                for k, v in state["config"].items()
-                if k in fields
-            }
-        )
-        model = BUILDERS[kind](cfg, state["in_channels"], state["num_classes"])
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()}
+        model = model_class(state["kind"])(state["in_channels"], state["num_classes"], **kwargs)
         model.load_state_dict(state["state_dict"])
     except InputError:
         raise

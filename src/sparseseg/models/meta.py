@@ -131,23 +131,30 @@ class YDenseVoxNet(DenseVoxNet):
         )
 
 
+def meta_arch(cfg) -> str:
+    """The bundle architecture name of the meta-model of a :class:`sparseseg.config.MetaConfig`:
+    'ydensevoxnet' or 'dynunet-meta' (``cfg.model.arch`` 'dynunet')."""
+    return "dynunet-meta" if cfg.model.arch == "dynunet" else "ydensevoxnet"
+
+
 def meta_kwargs(cfg, num_classes: int, image_channels: int = 1) -> dict:
-    """Constructor arguments of :class:`YDenseVoxNet` from a :class:`sparseseg.config.MetaConfig`,
-    as plain JSON-able values (so they can be stored in a model bundle)."""
-    from sparseseg.models.factory import densevoxnet_kwargs
+    """Constructor arguments of the meta-model (:func:`meta_arch`) from a
+    :class:`sparseseg.config.MetaConfig`, as plain JSON-able values (so they can be stored in a
+    model bundle)."""
+    from sparseseg.models.factory import densevoxnet_kwargs, dynunet_kwargs
 
-    kwargs = {
-        k: list(v) if isinstance(v, tuple) else v for k, v in densevoxnet_kwargs(cfg.model).items()
-    }
-    return {
-        "num_classes": int(num_classes),
-        "image_channels": int(image_channels),
-        "ay_channels": int(cfg.ay_stem_channels),
-        "ay_skip": float(cfg.ay_skip),
-        **kwargs,
-    }
+    common = {"num_classes": int(num_classes), "image_channels": int(image_channels)}
+    if meta_arch(cfg) == "dynunet-meta":
+        body = dynunet_kwargs(cfg.model)
+        common.update({"fusion": str(cfg.fusion), "ay_skip": float(cfg.ay_skip)})
+    else:
+        body = densevoxnet_kwargs(cfg.model)
+        common.update({"ay_channels": int(cfg.ay_stem_channels), "ay_skip": float(cfg.ay_skip)})
+    return {**common, **{k: list(v) if isinstance(v, tuple) else v for k, v in body.items()}}
 
 
-def build_meta(cfg, num_classes: int, image_channels: int = 1) -> YDenseVoxNet:
+def build_meta(cfg, num_classes: int, image_channels: int = 1) -> nn.Module:
     """The meta-model for a :class:`sparseseg.config.MetaConfig`."""
-    return YDenseVoxNet(**meta_kwargs(cfg, num_classes, image_channels))
+    from sparseseg.models.factory import model_class
+
+    return model_class(meta_arch(cfg))(**meta_kwargs(cfg, num_classes, image_channels))

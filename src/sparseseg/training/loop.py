@@ -1,9 +1,9 @@
 """The one training loop shared by the 2D, 3D and meta models.
 
-:func:`fit` runs Adam with the configured schedule under bf16 autocast (CPU with bf16 support, and
-CUDA) and writes atomic checkpoints that resume exactly: model, optimizer, step, RNG states,
-history and the caller's extra state. Checkpoints hold only tensors and primitive containers, so
-``torch.load(path, weights_only=True)`` reads them.
+:func:`fit` runs Adam or SGD with the configured schedule under bf16 autocast (CPU with bf16
+support, and CUDA) and writes atomic checkpoints that resume exactly: model, optimizer, step, RNG
+states, history and the caller's extra state. Checkpoints hold only tensors and primitive
+containers, so ``torch.load(path, weights_only=True)`` reads them.
 
 Exact resumption relies on ``batches(step)`` being a pure function of the step (the samplers in
 :mod:`sparseseg.training.sampling` seed each step's draw from ``(seed, step)``); then a run killed
@@ -104,7 +104,8 @@ def fit(
     """Train ``model`` in place for ``cfg.iterations`` (or ``iterations``) steps; return history.
 
     Each step: ``batch = batches(step)`` (tensors moved to the device), then
-    ``loss, logs = loss_fn(model, batch, step)`` under autocast, backward, Adam step with the
+    ``loss, logs = loss_fn(model, batch, step)`` under autocast, backward, an optimizer step
+    (:func:`make_optimizer`: Adam or SGD, gradients clipped to ``cfg.grad_clip``) with the
     learning rate of ``lr_at(step, cfg)``. ``cfg`` is a :class:`sparseseg.config.TrainConfig`.
 
     ``checkpoint``: file written every ``cfg.checkpoint_every`` steps or ``cfg.checkpoint_seconds``
@@ -123,13 +124,7 @@ def fit(
     model.to(device)
     if cfg.channels_last and device.type == "cpu":
         model.to(memory_format=torch.channels_last_3d if _is_3d(model) else torch.channels_last)
-    optimizer = torch.optim.Adam(
-        model.parameters(),
-        lr=cfg.lr,
-        betas=tuple(cfg.betas),
-        eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-    )
+    optimizer = make_optimizer(model.parameters(), cfg)
     amp_dtype = autocast_dtype(device, cfg.precision)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     history: list[dict[str, float]] = []
@@ -180,10 +175,15 @@ def fit(
                 raise _not_finite(progress_desc, loss_value, step)
             if scaler is not None:
                 scaler.scale(loss).backward()
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
             step += 1
             dt = time.perf_counter() - t0
@@ -278,6 +278,24 @@ def _checkpoint_state(
     return state
 
 
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    """The optimizer of a :class:`sparseseg.config.TrainConfig`: 'adam' (``betas``, ``eps``) or
+    'sgd' (``momentum``, ``nesterov``), with ``lr`` and ``weight_decay``."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(
+            params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
+        )
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (expected 'adam' or 'sgd')")
+
+
 def _not_finite(desc: str, value: float, step: int) -> FloatingPointError:
     return FloatingPointError(
         f"{desc}: loss is {value} at step {step}; lower the learning rate or use precision=fp32"
@@ -309,14 +327,15 @@ def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
     )
 
 
-def supervised_loss(ignore_index: int | None, aux_weight: float = 0.5) -> LossFn:
-    """The base models' loss_fn: masked CE of ``model(batch['image'])`` against ``batch['label']``
-    (plus deep supervision for models that return ``(main, aux)``)."""
-    from sparseseg.training.losses import deep_supervision_loss
+def supervised_loss(ignore_index: int | None, aux_weight: float = 0.5, kind: str = "ce") -> LossFn:
+    """The base models' loss_fn: the masked loss ``kind`` ('ce' or 'ce+dice', see
+    :func:`sparseseg.training.losses.segmentation_loss`) of ``model(batch['image'])`` against
+    ``batch['label']`` (plus deep supervision for models that return ``(main, aux, ...)``)."""
+    from sparseseg.training.losses import segmentation_loss
 
     def loss_fn(model: nn.Module, batch: Batch, step: int):
-        return deep_supervision_loss(
-            model(batch["image"]), batch["label"], ignore_index, aux_weight
+        return segmentation_loss(
+            model(batch["image"]), batch["label"], ignore_index, kind, aux_weight
         )
 
     return loss_fn

@@ -1,0 +1,230 @@
+"""Minutes -> iterations: a short throughput probe on the machine at hand.
+
+:func:`probe` times a few training steps of the 2D, 3D and meta models of a plan (synthetic
+batches of the planned sizes, through the real training loop: same optimizer, autocast and
+memory format) and one inference window of each. :func:`fit_budget` (pure) turns the measured
+seconds into iterations so that Steps II and III fit ``preset.budget_minutes``: first it reserves
+the estimated inference time (pseudo-labels, NN-fit rounds, test-split predictions), then it
+splits the rest between the models by :data:`SHARES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Sequence
+
+import torch
+
+from sparseseg.config import Preset
+
+# Shares of the training time: 2D model, 3D model, meta-model (both self-training stages).
+SHARES = {"2d": 0.2, "3d": 0.4, "meta": 0.4}
+STAGE1_SHARE = 2 / 3  # of the meta-model's iterations (the rest is NN-fit)
+MIN_ITERATIONS = 20
+NNFIT_ROUNDS = 5  # NN-fit predicts every training volume this often (see sparseseg.selftrain)
+SECONDS_PER_CASE_IO = 0.5  # reading, writing and scoring one case once
+ITERATION_FIELDS = (
+    "train2d.iterations",
+    "train3d.iterations",
+    "meta.stage1_iterations",
+    "meta.stage2_iterations",
+)
+
+
+def _synthetic(batch: int, channels: int, patch: Sequence[int], num_classes: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    label = torch.randint(0, num_classes + 1, (batch, *patch), generator=g)  # C = ignore
+    return {"image": torch.randn(batch, channels, *patch, generator=g), "label": label}
+
+
+def _train_seconds(model, cfg, channels: int, num_classes: int, device, steps: int) -> float:
+    """Seconds per training step: the median of ``steps`` timed steps after one warm-up step
+    (the median, so one step slowed by another job on a shared machine does not skew it)."""
+    from sparseseg.training.loop import fit, supervised_loss
+
+    cfg = dataclasses.replace(
+        cfg, iterations=steps + 1, log_every=1, checkpoint_every=10**9, checkpoint_seconds=1e12
+    )
+    batch = _synthetic(cfg.batch_size, channels, cfg.patch, num_classes, cfg.seed)
+    history = fit(
+        model,
+        lambda _step: batch,
+        supervised_loss(num_classes, cfg.aux_weight, cfg.loss),
+        cfg,
+        None,
+        device=device,
+        progress=False,
+    )
+    times = [h["time"] for h in history]
+    return statistics.median(b - a for a, b in zip(times, times[1:], strict=False))
+
+
+def _infer_seconds(
+    model, cfg, channels: int, patch: Sequence[int], batch: int, device, repeats: int = 3
+) -> float:
+    """Seconds per voxel of an eval-mode forward pass (bf16/channels-last as in inference): the
+    median of ``repeats`` passes after a warm-up pass."""
+    from sparseseg.runtime import autocast, memory_format_for, resolve_device
+
+    device = resolve_device(device)
+    model.eval().to(device)
+    x = torch.randn(batch, channels, *patch, device=device)
+    if device.type == "cpu" and getattr(model, "prefers_channels_last", True):
+        model.to(memory_format=memory_format_for(x.dim()))  # as sparseseg.inference does
+        x = x.contiguous(memory_format=memory_format_for(x.dim()))
+    times = []
+    with torch.inference_mode(), autocast(device, cfg.precision):
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:]) / (batch * math.prod(patch))
+
+
+def probe(
+    preset: Preset, num_classes: int, in_channels: int = 1, device=None, steps: int = 3
+) -> dict:
+    """Measured seconds on this machine: '{2d,3d,meta}_step' per training step and
+    '{2d,3d,meta}_voxel' per inferred voxel, plus 'seconds' (the probe's own wall time)."""
+    from sparseseg.models import build_model2d, build_model3d
+    from sparseseg.models.meta import build_meta
+
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    out: dict[str, float] = {}
+    meta_channels = in_channels + num_classes
+    for name, model, cfg, channels in (
+        (
+            "2d",
+            build_model2d(preset.model2d, in_channels, num_classes),
+            preset.train2d,
+            in_channels,
+        ),
+        (
+            "3d",
+            build_model3d(preset.model3d, in_channels, num_classes),
+            preset.train3d,
+            in_channels,
+        ),
+        (
+            "meta",
+            build_meta(preset.meta, num_classes, in_channels),
+            preset.meta.train,
+            meta_channels,
+        ),
+    ):
+        out[f"{name}_step"] = _train_seconds(model, cfg, channels, num_classes, device, steps)
+        batch = preset.inference.slice_batch_size if name == "2d" else 1
+        out[f"{name}_voxel"] = _infer_seconds(model, cfg, channels, cfg.patch, batch, device)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _windows(size: Sequence[int], roi: Sequence[int], overlap: float) -> int:
+    """Number of sliding windows MONAI places over ``size`` (per-axis grid)."""
+    n = 1
+    for s, r in zip(size, roi, strict=True):
+        r = min(r, s)
+        step = max(1, int(r * (1 - overlap)))
+        n *= 1 if s <= r else math.ceil((s - r) / step) + 1
+    return n
+
+
+def _stride3d(cfg) -> tuple[int, int, int]:
+    """Total stride per axis of a 3D model config (DynUNet strides or DenseVoxNet's)."""
+    if cfg.arch == "dynunet":
+        levels = [cfg.strides[i : i + 3] for i in range(0, len(cfg.strides), 3)]
+        return tuple(math.prod(level[a] for level in levels) for a in range(3))
+    return tuple(int(d) * int(d) for d in cfg.downsample)
+
+
+def inference_seconds(preset: Preset, fp: dict, measured: dict) -> dict[str, float]:
+    """Estimated seconds of the inference parts of a run: 'pseudolabels' (2D over every plane,
+    3D sliding window, on every training case), 'nnfit' (the meta-model over every training case
+    :data:`NNFIT_ROUNDS` times), 'test' (2D, 3D and meta on every test case) and 'io'."""
+    from sparseseg.inference import valid_roi
+
+    patch = preset.inference.patch
+    stride = _stride3d(preset.model3d)
+    per_case = []
+    for shape in fp["shapes"]:
+        vox = math.prod(shape)
+        two = len(preset.planes) * vox * measured["2d_voxel"]
+        roi = valid_roi(patch, shape, stride)  # the window sparseseg.inference uses
+        window = math.prod(roi)
+        n = _windows(shape, roi, preset.inference.overlap)
+        three = n * window * measured["3d_voxel"]
+        meta = n * window * measured["meta_voxel"]
+        per_case.append((two, three, meta))
+    mean = [sum(c[i] for c in per_case) / len(per_case) for i in range(3)]
+    train_cases, test_cases = fp["cases"], fp.get("test_cases", 0)
+    return {
+        "pseudolabels": train_cases * (mean[0] + mean[1]),
+        "nnfit": NNFIT_ROUNDS * train_cases * mean[2],
+        "test": test_cases * sum(mean),
+        "io": SECONDS_PER_CASE_IO * (2 * train_cases + test_cases),
+    }
+
+
+def fit_budget(
+    preset: Preset, fp: dict, measured: dict, keep: Sequence[str] = ()
+) -> tuple[Preset, dict]:
+    """Iterations so that a whole run fits ``preset.budget_minutes`` (pure).
+
+    ``measured``: from :func:`probe`. Fields named in ``keep`` (of :data:`ITERATION_FIELDS`,
+    e.g. set explicitly by the user) are left alone. Returns ``(preset, record)``; the record
+    has the reserve per inference part, the training seconds per model and the iterations.
+    """
+    total = preset.budget_minutes * 60.0
+    reserve = inference_seconds(preset, fp, measured)
+    spare = total - sum(reserve.values()) - measured.get("seconds", 0.0)
+    train_seconds = max(spare, 0.0)
+    iters = {
+        k: max(MIN_ITERATIONS, int(SHARES[k] * train_seconds / max(measured[f"{k}_step"], 1e-6)))
+        for k in SHARES
+    }
+    s1 = max(MIN_ITERATIONS // 2, int(round(iters["meta"] * STAGE1_SHARE)))
+    s2 = max(MIN_ITERATIONS // 2, iters["meta"] - s1)
+    values = {
+        "train2d.iterations": iters["2d"],
+        "train3d.iterations": iters["3d"],
+        "meta.stage1_iterations": s1,
+        "meta.stage2_iterations": s2,
+    }
+    from sparseseg.config import apply_overrides
+
+    chosen = {k: v for k, v in values.items() if k not in keep}
+    planned = apply_overrides(preset, chosen) if chosen else preset
+    if "train3d.iterations" in chosen:  # the meta-model's own TrainConfig follows the 3D one
+        planned = apply_overrides(planned, {"meta.train.iterations": s1 + s2})
+    record = {
+        "budget_seconds": total,
+        "probe": {k: float(v) for k, v in measured.items()},
+        "reserve_seconds": {k: round(v, 1) for k, v in reserve.items()},
+        "training_seconds": round(train_seconds, 1),
+        "over_budget": spare <= 0,
+        "iterations": chosen,
+    }
+    return planned, record
+
+
+def describe_budget(record: dict) -> str:
+    """One line: the probe's step times and what the budget bought."""
+    p = record["probe"]
+    it = record["iterations"]
+    steps = ", ".join(f"{k} {p[f'{k}_step']:.2f} s" for k in SHARES)
+    labels = dict(zip(ITERATION_FIELDS, ("2D", "3D", "meta stage 1", "meta stage 2"), strict=True))
+    bought = ", ".join(f"{labels[k]} {v}" for k, v in it.items()) or "as set"
+    reserve = sum(record["reserve_seconds"].values())
+    line = (
+        f"budget {record['budget_seconds'] / 60:g} min: probe ({p['seconds']:.0f} s) per step "
+        f"{steps}; inference reserve {reserve:.0f} s; iterations {bought}"
+    )
+    if record["over_budget"]:
+        line += " (the budget does not cover inference: minimum iterations)"
+    return line

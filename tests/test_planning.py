@@ -1,0 +1,245 @@
+"""Fingerprint -> plan -> preset `auto`: pooling from the spacing, plan.json, budgets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparseseg.cli import main
+from sparseseg.config import get_preset, preset_from_dict
+from sparseseg.data.layout import Dataset, write_case, write_dataset_json
+from sparseseg.data.phantom import HEART_LABELS, case_rng, make_case, write_phantom_dataset
+from sparseseg.data.volume import Volume, affine_from_spacing
+from sparseseg.planning import fingerprint, fingerprint_arrays, make_plan, plan_preset
+from sparseseg.planning.budget import ITERATION_FIELDS, fit_budget, inference_seconds
+from sparseseg.planning.plan import describe, pooling, total_stride
+
+# Every iteration field set: no time probe, a few steps each.
+FEW_STEPS = {
+    "train2d.iterations": 3,
+    "train3d.iterations": 3,
+    "meta.stage1_iterations": 2,
+    "meta.stage2_iterations": 2,
+}
+
+
+def _fp(shape, spacing, cases=4):
+    ratio = max(spacing) / min(spacing)
+    return {
+        "cases": cases,
+        "test_cases": 1,
+        "median_shape": list(shape),
+        "median_spacing": list(spacing),
+        "spacing_spread": [list(spacing), list(spacing)],
+        "anisotropy": ratio,
+        "thick_axis": int(np.argmax(spacing)) if ratio >= 2 else None,
+        "annotated_fraction": 1.0,
+        "shapes": [list(shape)] * cases,
+    }
+
+
+def _levels(flat, dims=3):
+    return [tuple(flat[i : i + dims]) for i in range(0, len(flat), dims)]
+
+
+def test_fingerprint_of_a_phantom_counts_annotated_voxels_only(tmp_path):
+    data = write_phantom_dataset(tmp_path / "h", "heart", cases=2, seed=0, shape=(24, 20, 16))
+    fp = fingerprint(Dataset.open(data))
+    assert fp["cases"] == 2 and fp["num_classes"] == 3
+    assert fp["median_shape"] == [24, 20, 16]
+    assert fp["median_spacing"] == pytest.approx([1.0, 1.0, 1.6])
+    assert fp["anisotropy"] == pytest.approx(1.6) and fp["thick_axis"] is None
+    assert fp["annotated_fraction"] == 1.0 and sum(fp["class_fractions"]) == pytest.approx(1.0)
+    assert 0 < fp["foreground_fraction"] < 1
+    assert fp["intensity"]["p00_5"] <= fp["intensity"]["mean"] <= fp["intensity"]["p99_5"]
+
+    # sparse labels: only annotated voxels count (here: one slice of pure background)
+    image = np.arange(4 * 4 * 3, dtype=np.float32).reshape(4, 4, 3)
+    label = np.full((4, 4, 3), 9, np.uint8)
+    label[:, :, 0] = 0
+    label[0, 0, 0] = 1
+    sparse = fingerprint_arrays([(image, label, (1, 1, 4))], ["bg", "fg"], ignore_index=9)
+    assert sparse["annotated_fraction"] == pytest.approx(16 / 48)
+    assert sparse["foreground_fraction"] == pytest.approx(1 / 16)
+    assert sparse["intensity"]["mean"] == 0.0  # the one annotated foreground voxel
+    assert sparse["thick_axis"] == 2 and sparse["anisotropy"] == 4
+
+
+def test_plan_pools_a_thick_axis_only_once_it_is_comparable():
+    iso = make_plan(_fp((36, 50, 35), (1.0, 1.0, 1.0)))
+    em = make_plan(_fp((128, 128, 24), (1.0, 1.0, 10.0)))
+    assert iso.train3d.patch == (48, 64, 48)  # the median volume with a margin
+    assert iso.model3d.filters == (16, 32, 64, 128) and iso.planes == ("xy", "xz", "yz")
+    iso_strides, em_strides = _levels(iso.model3d.strides), _levels(em.model3d.strides)
+    assert all(s == (2, 2, 2) for s in iso_strides[1:])
+    z_pools = sum(s[2] == 2 for s in em_strides)
+    xy_pools = sum(s[0] == 2 for s in em_strides)
+    assert z_pools < xy_pools and em_strides[1] == (2, 2, 1)
+    assert _levels(em.model3d.kernels)[0] == (3, 3, 1)  # in-plane kernels first
+    assert em.planes == ("xy",)  # strong anisotropy: 2D model on the sections only
+    for plan in (iso, em):
+        stride = total_stride(_levels(plan.model3d.strides))
+        assert all(p % k == 0 for p, k in zip(plan.train3d.patch, stride, strict=True))
+        assert math.prod(plan.train3d.patch) <= 150_000
+        assert plan.train3d.optimizer == "sgd" and plan.model3d.arch == "dynunet"
+    assert em.train3d.rot90_xy and not make_plan(_fp((20, 20, 20), (1, 2, 2))).train3d.rot90_xy
+    strides, kernels = pooling((1.0, 1.0, 3.0), (64, 64, 16), 5)
+    assert strides[1] == (2, 2, 1) and kernels[0] == (3, 3, 1) and kernels[-1] == (3, 3, 3)
+
+
+def _thick_heart(root: Path, cases: int = 2, shape=(24, 24, 12)) -> Path:
+    """The heart phantom re-labelled as thick sections: spacing (1, 1, 10) mm."""
+    affine = affine_from_spacing((1.0, 1.0, 10.0))
+    for i in range(cases + 1):
+        image, label = make_case("heart", case_rng(0, "heart", i), shape)
+        split = "Tr" if i < cases else "Ts"
+        write_case(root, f"h{i}", Volume(image.array, affine), Volume(label.array, affine), split)
+    write_dataset_json(root, HEART_LABELS, num_training=cases)
+    return root
+
+
+def test_train_prints_a_plan_that_pools_z_differently_on_thick_sections(tmp_path, capsys):
+    iso = write_phantom_dataset(
+        tmp_path / "iso", "heart", 2, seed=0, test_cases=1, shape=(24, 24, 16)
+    )
+    thick = _thick_heart(tmp_path / "thick")
+    sets = [f"--set={k}={v}" for k, v in FEW_STEPS.items()]
+    lines = {}
+    for name, data in (("iso", iso), ("thick", thick)):
+        out = tmp_path / f"model_{name}"
+        code = main(
+            [
+                "train",
+                str(data),
+                "--out",
+                str(out),
+                "--preset",
+                "auto",
+                "--quiet",
+                "--no-report",
+                *sets,
+            ]
+        )
+        assert code == 0
+        lines[name] = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("3D:")]
+        plan = json.loads((out / "plan.json").read_text())
+        assert plan["preset"]["name"] == "auto" and plan["budget"] is None  # iterations set
+        bundle = json.loads((out / "bundle.json").read_text())
+        assert bundle["parts"]["3d"]["arch"] == "dynunet"
+        assert bundle["parts"]["meta"]["arch"] == "dynunet-meta"
+        assert bundle["config"]["model3d"]["strides"] == plan["preset"]["model3d"]["strides"]
+    assert "pooling x2 y2 z2" in lines["iso"][0] or "pooling x3 y3 z3" in lines["iso"][0]
+    iso_z = int(lines["iso"][0].split(" z")[1][0])
+    thick_z = int(lines["thick"][0].split(" z")[1][0])
+    assert thick_z < iso_z
+    assert "3x3x1" in lines["thick"][0]
+    # the 2D model of the thick stack trains on xy sections only
+    assert json.loads((tmp_path / "model_thick" / "bundle.json").read_text())["planes"] == ["xy"]
+
+
+def test_plan_json_round_trips_and_overrides_win(tmp_path):
+    data = write_phantom_dataset(tmp_path / "h", "heart", 2, seed=0, shape=(24, 24, 16))
+    out = tmp_path / "m"
+    out.mkdir()
+    lines: list[str] = []
+    overrides = {**FEW_STEPS, "train3d.batch_size": 1, "meta.fusion": "y"}
+    preset = plan_preset(data, overrides, model_dir=out, log=lines.append)
+    assert preset.train3d.batch_size == 1 and preset.meta.fusion == "y"
+    stored = json.loads((out / "plan.json").read_text())
+    assert preset_from_dict(stored["preset"]) == preset
+    assert stored["notes"]["resampling"].startswith("none")
+    assert any(line.startswith("3D: DynUNet") for line in lines)
+    again: list[str] = []
+    assert plan_preset(data, overrides, model_dir=out, log=again.append) == preset
+    assert any("reused" in line for line in again)
+    # another request is planned afresh
+    other = plan_preset(data, {**overrides, "train3d.batch_size": 3}, model_dir=out)
+    assert other.train3d.batch_size == 3
+    # the unplanned preset stays reachable by name, and so do the old ones
+    assert (
+        get_preset("auto").name == "auto" and get_preset("cpu-aniso").model3d.arch == "densevoxnet"
+    )
+
+
+def test_budget_turns_minutes_into_iterations():
+    plan = make_plan(_fp((36, 50, 35), (1.0, 1.0, 1.0), cases=10))
+    plan = dataclasses.replace(plan, budget_minutes=10.0)
+    measured = {
+        "2d_step": 0.1,
+        "3d_step": 0.5,
+        "meta_step": 0.6,
+        "2d_voxel": 1e-7,
+        "3d_voxel": 1e-6,
+        "meta_voxel": 1e-6,
+        "seconds": 20.0,
+    }
+    reserve = inference_seconds(plan, _fp((36, 50, 35), (1, 1, 1), cases=10), measured)
+    assert set(reserve) == {"pseudolabels", "nnfit", "test", "io"}
+    fitted, record = fit_budget(plan, _fp((36, 50, 35), (1, 1, 1), cases=10), measured)
+    spare = 600 - sum(reserve.values()) - 20
+    assert record["training_seconds"] == pytest.approx(spare, abs=0.1)
+    assert fitted.train3d.iterations == int(0.4 * spare / 0.5)
+    assert fitted.train2d.iterations == int(0.2 * spare / 0.1)
+    meta = fitted.meta.stage1_iterations + fitted.meta.stage2_iterations
+    assert meta == pytest.approx(0.4 * spare / 0.6, abs=1)
+    assert fitted.meta.train.iterations == meta
+    # time spent: about the budget
+    spent = (
+        (fitted.train2d.iterations * 0.1 + fitted.train3d.iterations * 0.5 + meta * 0.6)
+        + sum(reserve.values())
+        + 20
+    )
+    assert 0.97 * 600 <= spent <= 600
+    kept, record = fit_budget(plan, _fp((36, 50, 35), (1, 1, 1)), measured, ["train3d.iterations"])
+    assert kept.train3d.iterations == plan.train3d.iterations
+    assert "train3d.iterations" not in record["iterations"] and set(ITERATION_FIELDS) > set(
+        record["iterations"]
+    )
+    tight = dataclasses.replace(plan, budget_minutes=0.1)
+    starved, record = fit_budget(tight, _fp((36, 50, 35), (1, 1, 1)), measured)
+    assert record["over_budget"] and starved.train3d.iterations == 20
+
+
+def test_minutes_option_probes_and_plans_iterations(tmp_path, capsys):
+    data = write_phantom_dataset(tmp_path / "h", "heart", 2, seed=0, shape=(16, 16, 16))
+    out = tmp_path / "pl"
+    args = ["pseudolabel", str(data), "--out", str(out), "--preset", "auto", "--quiet"]
+    args += ["--minutes", "0.4"]
+    args += ["--set=train2d.iterations=3", "--set=train3d.iterations=3"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "budget 0.4 min: probe" in err
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["preset"]["budget_minutes"] == 0.4
+    assert plan["preset"]["train3d"]["iterations"] == 3  # set explicitly: kept
+    assert set(plan["budget"]["iterations"]) == {
+        "meta.stage1_iterations",
+        "meta.stage2_iterations",
+    }
+    assert all(plan["budget"]["probe"][f"{k}_step"] > 0 for k in ("2d", "3d", "meta"))
+    assert describe(preset_from_dict(plan["preset"]))[0].startswith("3D: DynUNet")
+    with pytest.raises(SystemExit) as exc:  # argparse: usage error
+        main(
+            ["train", str(data), "--out", str(tmp_path / "x"), "--preset", "auto", "--minutes", "0"]
+        )
+    assert exc.value.code == 2
+
+
+def test_settings_that_do_not_fit_the_plan_are_refused_in_one_line(tmp_path, capsys):
+    data = write_phantom_dataset(tmp_path / "h", "heart", 2, seed=0, shape=(24, 24, 16))
+    out = tmp_path / "m"
+    few = [f"--set={k}={v}" for k, v in FEW_STEPS.items()]  # should a check fail to refuse
+    bad_levels = ["--set", "model3d.filters=8,16"]
+    bad_patch = ["--set", "train3d.patch=18x18x18"]  # the plan's stride is 4 along each axis
+    for bad, words in ((bad_levels, "model3d.strides needs 3 numbers"), (bad_patch, "multiple")):
+        assert (
+            main(["train", str(data), "--out", str(out), "--preset", "auto", "--quiet", *few, *bad])
+            == 2
+        )
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
