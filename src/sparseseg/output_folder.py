@@ -4,7 +4,7 @@ A job's folder records what it was made from in ``fingerprint.json`` (see
 :mod:`sparseseg.fingerprint`), written before any other file, so even an interrupted job's folder
 can be checked. :func:`claim` decides where a job works:
 
-* no folder (or an empty one): the job starts there;
+* no folder (or an empty one, or one holding only its fingerprint): the job starts there;
 * a folder with the same fingerprint: the job continues there, reusing what is finished
   (``resume`` then decides whether interrupted training continues from its checkpoint);
 * a folder with another fingerprint, or none: refused with one line naming what differs, unless
@@ -51,8 +51,10 @@ def check(folder: Path, current: dict[str, Any], what: str) -> None:
         )
 
 
-def _is_empty_dir(path: Path) -> bool:
-    return path.is_dir() and not any(path.iterdir())
+def _holds_no_work(path: Path) -> bool:
+    """True for an empty folder, or one holding only its fingerprint (a job that stopped before
+    writing anything, e.g. on a bad setting): nothing there to protect or to reuse."""
+    return path.is_dir() and all(p.name == fp.FILE for p in path.iterdir())
 
 
 def claim(out: str | Path, current: dict[str, Any], *, overwrite: bool, what: str) -> Path:
@@ -65,7 +67,7 @@ def claim(out: str | Path, current: dict[str, Any], *, overwrite: bool, what: st
     if out.exists() and not out.is_dir():
         raise InputError(f"{what} must be a folder, not a file", out)
     work = out
-    if out.exists() and not _is_empty_dir(out):
+    if out.exists() and not _holds_no_work(out):
         if not overwrite:
             check(out, current, what)
             return out
@@ -76,7 +78,7 @@ def claim(out: str | Path, current: dict[str, Any], *, overwrite: bool, what: st
         ):
             shutil.rmtree(work)  # a staging folder of another job: never an output
     work.mkdir(parents=True, exist_ok=True)
-    if fp.read(work) is None:
+    if fp.read(work) is None or _holds_no_work(work):
         fp.write(work, current)
     return work
 
