@@ -185,9 +185,10 @@ def full_run(
 ) -> dict:
     """Train the 3D DVN on the dense training labels and score it on the test split."""
     from sparseseg.config import get_preset
+    from sparseseg.data.store import CACHE_DIR, training_store
     from sparseseg.evaluation import evaluate
     from sparseseg.models import load_model, save_model
-    from sparseseg.pseudolabels import load_training_cases, train_model3d
+    from sparseseg.pseudolabels import remove_cache, train_model3d
     from sparseseg.training.sampling import zscore
 
     cfg = get_preset(preset, {**seed_overrides(seed), **overrides})
@@ -197,7 +198,7 @@ def full_run(
         import torch
 
         torch.manual_seed(seed)
-        cases = load_training_cases(dataset)
+        cases = training_store(dataset, run_dir / CACHE_DIR / "train")  # memory-mapped
         model, history = train_model3d(
             cases,
             dataset.num_classes,
@@ -213,6 +214,7 @@ def full_run(
         seconds = history[-1]["time"] if history else time.perf_counter() - t0
         extra = {"preset": cfg.name, "train_seconds": round(float(seconds), 1)}
         save_model(model_file, model, "densevoxnet", cfg.model3d, extra=extra)
+    remove_cache(run_dir)
     model, saved = load_model(model_file)
     seconds = saved["extra"]["train_seconds"]
     pred_dir = run_dir / "predictions"
