@@ -127,9 +127,9 @@ def measured(what: str, args: list, scratch: Path) -> dict:
         [sys.executable, "-c", CHILD, what, json.dumps(args), str(out)], env=os.environ
     )
     seconds = time.perf_counter() - t0
-    if proc.returncode != 0 or not out.exists():
-        raise SystemExit(f"{what} {args} failed with exit code {proc.returncode}")
-    res = json.loads(out.read_text())
+    res = json.loads(out.read_text()) if out.exists() else {"rc": proc.returncode}
+    if proc.returncode != 0 or res["rc"] != 0:
+        raise SystemExit(f"{what} {args} failed with exit code {res['rc']}")
     return {"peak": res["peak_kb"] * 1024.0, "seconds": seconds}
 
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         cpu = ["--device", "cpu", "--quiet"]
         if a.base_only:
-            r = measured("base", [str(data), str(model / "stage2"), TINY], root)
+            r = measured("base", [str(data), str(root / "base"), TINY], root)
             rows.append(("Step II base models (store + 2D + 3D)", a.cases, r))
             small = root / "small"
             make_dataset(small, a.bundle_cases, a.bundle_size, 0)

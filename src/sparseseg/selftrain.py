@@ -225,8 +225,13 @@ def whole_volume_ce(
         precision=precision,
     )
     logp = torch.from_numpy(np.log(np.clip(probs, 1e-8, None)))[None]
-    targets = torch.from_numpy(case["targets"].astype(np.int64))[None]
-    return ce_per_set(logp, targets)[0]
+    targets = case["targets"]  # one set at a time: K int64 volumes at once would be 8 K bytes/voxel
+    return torch.cat(
+        [
+            ce_per_set(logp, torch.from_numpy(targets[k : k + 1].astype(np.int64))[None])[0]
+            for k in range(targets.shape[0])
+        ]
+    )
 
 
 @dataclass
