@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--base-only", action="store_true", help="Step II base models, not train")
     ap.add_argument("--bundle-cases", type=int, default=3)
     ap.add_argument("--bundle-size", type=int, default=64)
+    ap.add_argument("--no-predict", action="store_true", help="measure train only")
     ap.add_argument("--keep", action="store_true", help="keep the data and model folders")
     a = ap.parse_args(argv)
 
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
                 "cli", ["train", str(data), "--out", str(model), *settings(TINY), *cpu], root
             )
             rows.append(("train", a.cases, r))
+        if a.no_predict:
+            return report(rows, image_bytes)
         first = sorted((data / "imagesTs").iterdir())[0]
         r = measured(
             "cli", ["predict", str(model), str(first), "--out", str(root / "p1"), *cpu], root
@@ -194,6 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)
+    report(rows, image_bytes)
+
+
+def report(rows: list, image_bytes: float) -> None:
     print(f"\n{'run':<40}{'cases':>6}{'peak RSS GiB':>14}{'/ images f32':>14}{'seconds':>9}")
     for name, n, r in rows:
         print(
