@@ -224,7 +224,8 @@ def whole_volume_ce(
         device=device,
         precision=precision,
     )
-    logp = torch.from_numpy(np.log(np.clip(probs, 1e-8, None)))[None]
+    np.log(np.clip(probs, 1e-8, None, out=probs), out=probs)  # in place: one (C, *S) volume
+    logp = torch.from_numpy(probs)[None]
     targets = case["targets"]  # one set at a time: K int64 volumes at once would be 8 K bytes/voxel
     return torch.cat(
         [
