@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +108,23 @@ def test_meta_store_equals_the_in_memory_meta_cases(dataset, tmp_path):
         MetaSampler(stored, (8, 8, 8), 2, ignore_index=ignore, seed=1),
         MetaSampler(loaded, (8, 8, 8), 2, ignore_index=ignore, seed=1),
     )
+
+
+def test_train_reads_the_store_and_leaves_no_cache(dataset, tmp_path, monkeypatch):
+    from tiny_preset import TINIER
+
+    from sparseseg.data import store
+    from sparseseg.pipeline import train
+
+    roots = []
+
+    def recording(ds, root, split="Tr"):
+        roots.append(Path(root))
+        return training_store(ds, root, split)
+
+    monkeypatch.setattr(store, "training_store", recording)
+    state = train(dataset, tmp_path / "model", "cpu", TINIER, progress=False, report=False)
+    assert all(state["stages"][s]["done"] for s in ("pseudolabels", "meta", "bundle"))
+    assert (tmp_path / "model" / "bundle.pt").exists()
+    assert roots and all(r == tmp_path / "model" / "cache" / "train" for r in roots)
+    assert not (tmp_path / "model" / "cache").exists()
