@@ -371,6 +371,7 @@ def generate_pseudolabels(
                 write_nifti(pl_path(out_dir, name, case, ending), image.with_array(pl))
             ay = mean_one_hot(pls, dataset.num_classes)
             write_nifti(mean_path(out_dir, case, ending), np.moveaxis(ay, 0, -1), like=image)
+            del image, label, pls, ay  # not held while the next case is read
     distributed.barrier()
 
     def write_datasets() -> None:
