@@ -187,11 +187,12 @@ def full_run(
     """Train the 3D DVN on the dense training labels and score it on the test split."""
     from sparseseg.bundle import Bundle, model_part
     from sparseseg.data.io import write_nifti
+    from sparseseg.data.store import CACHE_DIR, training_store
     from sparseseg.evaluation import evaluate
     from sparseseg.models import load_model, save_model
     from sparseseg.planning import resolve_preset
     from sparseseg.predict import Predictor
-    from sparseseg.pseudolabels import load_training_cases, train_model3d
+    from sparseseg.pseudolabels import remove_cache, train_model3d
 
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = resolve_preset(
@@ -203,7 +204,7 @@ def full_run(
         import torch
 
         torch.manual_seed(seed)
-        cases = load_training_cases(dataset)
+        cases = training_store(dataset, run_dir / CACHE_DIR / "train")  # memory-mapped
         model, history = train_model3d(
             cases,
             dataset.num_classes,
@@ -219,6 +220,7 @@ def full_run(
         seconds = history[-1]["time"] if history else time.perf_counter() - t0
         extra = {"preset": cfg.name, "train_seconds": round(float(seconds), 1)}
         save_model(model_file, model, cfg.model3d.arch, cfg.model3d, extra=extra)
+    remove_cache(run_dir)
     _, saved = load_model(model_file)  # a clear error for a damaged file
     seconds = saved["extra"]["train_seconds"]
     config = fingerprint.plain(cfg.to_dict())

@@ -7,6 +7,8 @@ in ``MODEL/pipeline.json`` only once they are all written (atomically)::
     MODEL/pipeline.json               settings, dataset, and each stage's status and time
     MODEL/stage2_pseudolabels/        Step II (see :mod:`sparseseg.pseudolabels`): base models,
                                       checkpoints, the four PL sets, A(Y)
+    MODEL/cache/train/, cache/meta/   the training cases as memory-mapped .npy files (see
+                                      sparseseg.data.store), removed once the meta-model is done
     MODEL/stage3_meta/meta.ckpt       the meta-model's training checkpoint
     MODEL/stage3_meta/meta.pt         its final weights
     MODEL/stage3_meta/selftrain.json  which PL sets were chosen over time, NN-fit rounds, history
@@ -68,7 +70,8 @@ def _mark(model_dir: Path, state: dict, stage: str, **info) -> None:
 
 
 def meta_cases(dataset: Dataset, stage2_dir: str | Path, sets: Sequence[str]) -> list[dict]:
-    """The meta-model's training samples: every training image with its A(Y) and PL ``sets``."""
+    """The meta-model's training samples: every training image with its A(Y) and PL ``sets``,
+    all in memory (``train`` reads them from a case store instead: :func:`run_meta_stage`)."""
     from sparseseg.pseudolabels import read_mean_map, read_pseudolabels
     from sparseseg.runtime import zscore
     from sparseseg.selftrain import meta_case
@@ -100,6 +103,7 @@ def run_meta_stage(
     """Train the meta-model on the PL sets of stage 2; write meta.pt and selftrain.json."""
     import torch
 
+    from sparseseg.data.store import CACHE_DIR, meta_store
     from sparseseg.models.meta import meta_arch, meta_kwargs
     from sparseseg.pseudolabels import pl_sets
     from sparseseg.selftrain import train_meta
@@ -107,7 +111,9 @@ def run_meta_stage(
     stage_dir = model_dir / STAGE3_DIR
     stage_dir.mkdir(parents=True, exist_ok=True)
     sets = pl_sets(preset.planes)
-    cases = meta_cases(dataset, model_dir / STAGE2_DIR, sets)
+    cases = distributed.run_on_main(
+        lambda: meta_store(dataset, model_dir / STAGE2_DIR, sets, model_dir / CACHE_DIR)
+    )
     t0 = time.perf_counter()
     result = train_meta(
         cases,
@@ -282,7 +288,8 @@ def train(
     checkpoints.
     """
     from sparseseg.config import get_preset
-    from sparseseg.pseudolabels import run_step2
+    from sparseseg.data.store import CACHE_DIR
+    from sparseseg.pseudolabels import remove_cache, run_step2
 
     say = log if log is not None and distributed.is_main() else (lambda _msg: None)
     dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
@@ -325,7 +332,13 @@ def train(
 
     def step2() -> dict:
         summary = run_step2(
-            dataset, model_dir / STAGE2_DIR, cfg, resume=resume, device=device, progress=progress
+            dataset,
+            model_dir / STAGE2_DIR,
+            cfg,
+            resume=resume,
+            device=device,
+            progress=progress,
+            cache_dir=model_dir / CACHE_DIR,
         )
         return {"cases": len(summary["cases"])}
 
@@ -336,6 +349,7 @@ def train(
             dataset, model_dir, cfg, resume=resume, device=device, progress=progress, log=say
         ),
     )
+    distributed.run_on_main(lambda: remove_cache(model_dir))  # no later stage reads it
 
     def bundle() -> dict:
         path = distributed.run_on_main(lambda: make_bundle(dataset, model_dir, cfg))

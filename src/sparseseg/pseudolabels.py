@@ -197,11 +197,15 @@ def train_base_models(
     resume: bool = False,
     device: str | None = None,
     progress: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Path]:
     """Train (or skip, where OUT/models/NAME.pt exists) the 2D and 3D base models.
 
+    The training cases are read memory-mapped from a case store under ``cache_dir`` (default
+    OUT/cache; see :mod:`sparseseg.data.store`), built there one case at a time where missing.
     Returns ``{'model2d': path, 'model3d': path}``; histories go to OUT/step2.json.
     """
+    from sparseseg.data.store import CACHE_DIR, training_store
     from sparseseg.models import save_model
 
     dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
@@ -209,7 +213,10 @@ def train_base_models(
     paths = {MODEL2D: model_path(out_dir, MODEL2D), MODEL3D: model_path(out_dir, MODEL3D)}
     if all(p.exists() for p in paths.values()):
         return paths
-    cases = load_training_cases(dataset)
+    if not dataset.has_labels("Tr"):
+        raise InputError("every case in imagesTr needs a label file", dataset.root)
+    cache = Path(cache_dir) if cache_dir is not None else out_dir / CACHE_DIR
+    cases = distributed.run_on_main(lambda: training_store(dataset, cache / "train"))
     num_classes, ignore = dataset.num_classes, training_ignore_index(dataset)
     summary = _read_summary(out_dir)
     for name, trainer, cfg in (
@@ -375,6 +382,7 @@ def generate_pseudolabels(
                 write_nifti(pl_path(out_dir, name, case, ending), image.with_array(pl))
             ay = mean_one_hot(pls, dataset.num_classes)
             write_nifti(mean_path(out_dir, case, ending), np.moveaxis(ay, 0, -1), like=image)
+            del image, label, pls, ay  # not held while the next case is read
     distributed.barrier()
 
     def write_datasets() -> None:
@@ -405,12 +413,23 @@ def run_step2(
     resume: bool = False,
     device: str | None = None,
     progress: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> dict:
-    """Train the base models and write the PL sets; return the summary (also OUT/step2.json)."""
+    """Train the base models and write the PL sets; return the summary (also OUT/step2.json).
+
+    ``cache_dir``: where the training cases are stored (see :func:`train_base_models`)."""
     dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
-    train_base_models(dataset, out_dir, preset, resume=resume, device=device, progress=progress)
+    train_base_models(
+        dataset,
+        out_dir,
+        preset,
+        resume=resume,
+        device=device,
+        progress=progress,
+        cache_dir=cache_dir,
+    )
     t1 = time.perf_counter()
     cases = generate_pseudolabels(dataset, out_dir, preset, device=device, progress=progress)
     summary = _read_summary(out_dir)
@@ -455,6 +474,7 @@ def pseudolabel(
 
         preset = plan_preset(dataset, overrides, device=device, model_dir=work, log=log)
     summary = run_step2(dataset, work, preset, resume=resume, device=device, progress=progress)
+    distributed.run_on_main(lambda: remove_cache(work))
     distributed.run_on_main(lambda: output_folder.commit(work, out_dir))
     return summary
 
@@ -487,6 +507,13 @@ def read_mean_map(out_dir: str | Path, case: str) -> np.ndarray:
     img = nib.load(str(path))
     data, _, _ = to_canonical(np.asarray(img.dataobj, dtype=np.float32), img.affine)
     return np.ascontiguousarray(np.moveaxis(data, -1, 0))
+
+
+def remove_cache(folder: str | Path) -> None:
+    """Delete FOLDER/cache (the case stores), once nothing left to run needs them."""
+    from sparseseg.data.store import CACHE_DIR
+
+    shutil.rmtree(Path(folder) / CACHE_DIR, ignore_errors=True)
 
 
 # Summary --------------------------------------------------------------------------------------

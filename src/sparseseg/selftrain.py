@@ -226,9 +226,15 @@ def whole_volume_ce(
         device=device,
         precision=precision,
     )
-    logp = torch.from_numpy(np.log(np.clip(probs, 1e-8, None)))[None]
-    targets = torch.from_numpy(case["targets"].astype(np.int64))[None]
-    return ce_per_set(logp, targets)[0]
+    np.log(np.clip(probs, 1e-8, None, out=probs), out=probs)  # in place: one (C, *S) volume
+    logp = torch.from_numpy(probs)[None]
+    targets = case["targets"]  # one set at a time: K int64 volumes at once would be 8 K bytes/voxel
+    return torch.cat(
+        [
+            ce_per_set(logp, torch.from_numpy(targets[k : k + 1].astype(np.int64))[None])[0]
+            for k in range(targets.shape[0])
+        ]
+    )
 
 
 @dataclass
