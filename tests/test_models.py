@@ -152,3 +152,24 @@ def test_aniso_preset_keeps_z_and_crops_fit_its_stride():
         assert patch[2] < patch[0] and patch[0] % 4 == patch[1] % 4 == 0
     # everything else is the cpu preset
     assert preset.train3d.iterations == get_preset("cpu").train3d.iterations
+
+
+def test_dynunet_predicts_a_small_volume_inside_the_full_patch():
+    """Instance norm sees the whole window: a volume smaller than the patch is predicted centred
+    in a full patch (the canvas it was trained in), not in a window cut to its size."""
+    from sparseseg.models.dynunet import SegDynUNet
+
+    assert valid_roi((16, 16, 8), (9, 10, 5), 4, cap=False) == (16, 16, 8)
+    torch.manual_seed(0)
+    model = SegDynUNet(1, 3, filters=(4, 8, 8), strides=(1,) * 3 + (2,) * 6, kernels=(3,) * 9)
+    image = np.random.default_rng(0).normal(size=(9, 10, 5)).astype(np.float32)
+    probs = predict_volume_3d(model, image, (16, 16, 8), precision="fp32")
+    pads = [
+        ((p - n) // 2, p - n - (p - n) // 2) for n, p in zip(image.shape, (16, 16, 8), strict=True)
+    ]
+    with torch.no_grad():
+        canvas = torch.softmax(model(torch.from_numpy(np.pad(image, pads))[None, None]), 1)[0]
+    inside = canvas[
+        (slice(None), *(slice(a, a + n) for (a, _), n in zip(pads, image.shape, strict=True)))
+    ]
+    np.testing.assert_allclose(probs, inside.numpy(), atol=1e-5)

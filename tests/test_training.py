@@ -15,7 +15,12 @@ from sparseseg.models import UNet2D
 from sparseseg.runtime import zscore
 from sparseseg.training.augment import apply_transform, crop_shape_for
 from sparseseg.training.loop import fit, load_checkpoint, supervised_loss
-from sparseseg.training.sampling import PatchSampler3D, SliceSampler2D, crop_padded
+from sparseseg.training.sampling import (
+    PatchSampler3D,
+    SliceSampler2D,
+    _crop_start,
+    crop_padded,
+)
 from sparseseg.training.schedules import lr_at, poly_lr, step_lr
 
 IGNORE = 2
@@ -106,6 +111,37 @@ def test_patch_sampler_pads_small_volumes_with_ignore():
     batch = sampler(0)
     assert (batch["label"] == IGNORE).sum(dim=(1, 2, 3)).tolist() == [8**3 - 120] * 2
     assert torch.all(batch["image"][batch["label"][:, None] == IGNORE] == 0)
+
+
+def test_patch_sampler_places_a_small_volume_uniformly_in_the_canvas():
+    """A volume smaller than the patch lands at every offset equally often, also when crops are
+    centred on annotated voxels (clamping a centred draw piled 3 in 4 offsets on the walls)."""
+    image, label = _volume(shape=(6, 5, 4))
+    sampler = PatchSampler3D(
+        [{"image": image, "label": label}],
+        (14, 8, 8),
+        200,
+        ignore_index=IGNORE,
+        annotated_fraction=1.0,
+        flip_axes=(),
+        rot90_xy=False,
+    )
+    known = torch.cat([sampler(s)["label"] != IGNORE for s in range(10)])  # (2000, 14, 8, 8)
+    first = known.flatten(2).any(2).float().argmax(1)  # the volume's first x in the canvas
+    counts = torch.bincount(first, minlength=9).tolist()  # offsets 0..8 are possible
+    assert len(counts) == 9 and min(counts) > 2000 / 9 * 0.7 and max(counts) < 2000 / 9 * 1.3
+
+
+def test_patch_sampler_centred_crops_hold_the_centre_and_stay_inside():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        size = [int(v) for v in rng.integers(3, 30, 3)]
+        shape = [int(v) for v in rng.integers(3, 30, 3)]
+        centre = [int(rng.integers(n)) for n in size]
+        start = _crop_start(rng, centre, size, shape)
+        for s, c, n, p in zip(start, centre, size, shape, strict=True):
+            assert s <= c < s + p  # the centre is in the crop
+            assert (0 <= s <= n - p) if n >= p else (n - p <= s <= 0)  # no needless padding
 
 
 def test_slice_sampler_2d_draws_only_annotated_slices():

@@ -34,15 +34,22 @@ def _as_channels(image: np.ndarray, normalize: bool) -> np.ndarray:
 
 
 def valid_roi(
-    patch: Sequence[int], shape: Sequence[int], stride: int | Sequence[int]
+    patch: Sequence[int], shape: Sequence[int], stride: int | Sequence[int], cap: bool = True
 ) -> tuple[int, ...]:
-    """The window size: ``patch`` capped at the image size, rounded up to a multiple of
-    ``stride`` (one for all axes or one per axis; MONAI pads the image where the window is
-    larger)."""
+    """The window size: ``patch`` (with ``cap``, capped at the image size), rounded up to a
+    multiple of ``stride`` (one for all axes or one per axis; MONAI pads the image, centred,
+    where the window is larger)."""
     strides = [stride] * len(patch) if isinstance(stride, int) else list(stride)
     return tuple(
-        int(math.ceil(min(p, s) / k) * k) for p, s, k in zip(patch, shape, strides, strict=True)
+        int(math.ceil((min(p, s) if cap else p) / k) * k)
+        for p, s, k in zip(patch, shape, strides, strict=True)
     )
+
+
+def window_is_canvas(model: nn.Module) -> bool:
+    """True for models whose output depends on the whole window (instance norm): they predict a
+    volume smaller than the patch inside a full patch, as they were trained."""
+    return bool(getattr(model, "window_is_canvas", False))
 
 
 def _prefers_channels_last(model: nn.Module) -> bool:
@@ -72,14 +79,15 @@ def predict_volume_3d(
 
     ``image``: (X, Y, Z) or (Cin, X, Y, Z); with ``normalize`` the first channel is z-scored
     (A(Y)-style extra channels are left alone). Windows of ``patch`` (rounded to the model's
-    stride, capped at the image size) overlap by ``overlap``; MONAI's
+    stride, capped at the image size except for models that set ``window_is_canvas``) overlap
+    by ``overlap``; MONAI's
     ``sliding_window_inference`` averages the windows' softmax outputs with Gaussian weights.
     """
     from monai.inferers import sliding_window_inference
 
     device = resolve_device(device)
     x = torch.from_numpy(_as_channels(image, normalize))[None]
-    roi = valid_roi(patch, x.shape[2:], _model_stride(model, 4))
+    roi = valid_roi(patch, x.shape[2:], _model_stride(model, 4), not window_is_canvas(model))
     model.eval().to(device)
     use_cl = channels_last and device.type == "cpu" and _prefers_channels_last(model)
     if use_cl:

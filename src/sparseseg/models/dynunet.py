@@ -96,6 +96,10 @@ class SegDynUNet(DynUNet):
     # Instance norm runs slower in channels-last order on the CPU: inference keeps the default
     # order for this model (sparseseg.inference), and the auto preset trains without it.
     prefers_channels_last = False
+    # Instance norm normalises over the whole window, padding included: a volume smaller than
+    # the training patch is predicted centred in a full patch, the canvas it was trained in, not
+    # in a window cut to its size (MSD Hippocampus, 500 steps: mean Dice 0.661 -> 0.807).
+    window_is_canvas = True
 
     def __init__(
         self,

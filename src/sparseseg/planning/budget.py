@@ -155,7 +155,8 @@ def inference_seconds(preset: Preset, fp: dict, measured: dict) -> dict[str, flo
     for shape in fp["shapes"]:
         vox = math.prod(shape)
         two = len(preset.planes) * vox * measured["2d_voxel"]
-        roi = valid_roi(patch, shape, stride)  # the window sparseseg.inference uses
+        # the window sparseseg.inference uses (DynUNet: the whole patch)
+        roi = valid_roi(patch, shape, stride, preset.model3d.arch != "dynunet")
         window = math.prod(roi)
         n = _windows(shape, roi, preset.inference.overlap)
         three = n * window * measured["3d_voxel"]

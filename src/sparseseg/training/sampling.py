@@ -43,18 +43,18 @@ def crop_padded(
 
 
 def _crop_start(rng: np.random.Generator, centre: Sequence[int] | None, size, shape) -> list[int]:
-    """Crop origin: the centre voxel lands at a uniform position inside the crop, and the crop
-    stays inside the volume where the volume is larger than the crop (else the volume is placed at
-    a uniform offset inside the padded crop)."""
+    """Crop origin, drawn uniformly per axis among the allowed ones: the crop stays inside the
+    volume where the volume is larger than the crop, else the volume lies whole inside the padded
+    crop; with a ``centre``, only origins whose crop contains that voxel are allowed. (Drawing the
+    centre's place in the crop first and clamping would pile the origins on the extremes: a volume
+    smaller than the crop would sit flush against a canvas wall in 3 of 4 draws per axis.)"""
     starts = []
     for i, (n, p) in enumerate(zip(size, shape, strict=True)):
         lo, hi = min(0, n - p), max(0, n - p)
-        if centre is None:
-            s = int(rng.integers(lo, hi + 1))
-        else:
-            s = int(centre[i]) - int(rng.integers(0, p))
-            s = min(max(s, lo), hi)
-        starts.append(s)
+        if centre is not None:
+            c = int(centre[i])
+            lo, hi = max(lo, c - p + 1), min(hi, c)
+        starts.append(int(rng.integers(lo, hi + 1)))
     return starts
 
 
