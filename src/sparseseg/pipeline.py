@@ -72,18 +72,13 @@ def _mark(model_dir: Path, state: dict, stage: str, **info) -> None:
 def meta_cases(dataset: Dataset, stage2_dir: str | Path, sets: Sequence[str]) -> list[dict]:
     """The meta-model's training samples: every training image with its A(Y) and PL ``sets``,
     all in memory (``train`` reads them from a case store instead: :func:`run_meta_stage`)."""
-    from sparseseg.pseudolabels import read_mean_map, read_pseudolabels
+    from sparseseg.pseudolabels import read_meta_case
     from sparseseg.runtime import zscore
-    from sparseseg.selftrain import meta_case
 
-    cases = []
-    for case in dataset.cases("Tr"):
-        image = dataset.load_image(case).array
-        pls = read_pseudolabels(stage2_dir, case, sets)
-        cases.append(
-            meta_case(zscore(image), read_mean_map(stage2_dir, case), [pls[n] for n in sets])
-        )
-    return cases
+    return [
+        read_meta_case(stage2_dir, case, sets, zscore(dataset.load_image(case).array))
+        for case in dataset.cases("Tr")
+    ]
 
 
 def meta_weights_path(model_dir: str | Path) -> Path:

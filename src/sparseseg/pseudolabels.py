@@ -85,15 +85,17 @@ def training_ignore_index(dataset: Dataset) -> int:
 def load_training_cases(dataset: Dataset, split: str = "Tr") -> list[dict[str, np.ndarray]]:
     """``[{'image': z-scored float32 (X, Y, Z) or (C, X, Y, Z), 'label': int16 (X, Y, Z)}]`` for
     every case (z-scored per channel)."""
-    from sparseseg.runtime import zscore
-
     if not dataset.has_labels(split):
         raise InputError(f"every case in images{split} needs a label file", dataset.root)
-    cases = []
-    for case in dataset.cases(split):
-        image, label = dataset.load_pair(case, split)
-        cases.append({"image": zscore(image.array), "label": label.array.astype(np.int16)})
-    return cases
+    return [training_case(dataset, case, split) for case in dataset.cases(split)]
+
+
+def training_case(dataset: Dataset, case: str, split: str = "Tr") -> dict[str, np.ndarray]:
+    """One case of :func:`load_training_cases` (also what the case store keeps)."""
+    from sparseseg.runtime import zscore
+
+    image, label = dataset.load_pair(case, split)
+    return {"image": zscore(image.array), "label": label.array.astype(np.int16)}
 
 
 # Training -------------------------------------------------------------------------------------
@@ -490,6 +492,17 @@ def read_pseudolabels(
             path = pl_path(out_dir, name, case, ".nii")
         out[name] = read_nifti(path, dtype=np.uint8).array
     return out
+
+
+def read_meta_case(
+    out_dir: str | Path, case: str, sets: Sequence[str], image: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The meta-model's sample of one case (:func:`sparseseg.selftrain.meta_case`): its
+    z-scored ``image`` with A(Y) and the PL ``sets`` read from OUT."""
+    from sparseseg.selftrain import meta_case
+
+    pls = read_pseudolabels(out_dir, case, sets)
+    return meta_case(image, read_mean_map(out_dir, case), [pls[n] for n in sets])
 
 
 def read_mean_map(out_dir: str | Path, case: str) -> np.ndarray:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -99,17 +100,6 @@ class CaseStore:
             keys[key] = [list(array.shape), array.dtype.str]
         write_json(self._record_path(case), {"source": source, "keys": keys})
 
-    def array(self, case: str, key: str) -> np.memmap:
-        return np.load(self.path(case, key), mmap_mode="c")
-
-    def image(self, case: str) -> np.memmap:
-        """The z-scored image, float32 (X, Y, Z) or (C, X, Y, Z)."""
-        return self.array(case, "image")
-
-    def label(self, case: str) -> np.memmap:
-        """The label map, int16 (X, Y, Z)."""
-        return self.array(case, "label")
-
     def case(self, case: str) -> StoredCase:
         rec = self.record(case) or {}
         return StoredCase({key: self.path(case, key) for key in rec.get("keys", {})})
@@ -126,18 +116,14 @@ class CaseStore:
 def training_store(dataset, root: str | Path, split: str = "Tr") -> list[StoredCase]:
     """Store (or reuse) ``{'image': z-scored float32, 'label': int16}`` of every case of
     ``split``, one case in memory at a time; returns the cases in :meth:`Dataset.cases` order,
-    each the same arrays as :func:`sparseseg.pseudolabels.load_training_cases` gives."""
-    from sparseseg.runtime import zscore
+    each the arrays of :func:`sparseseg.pseudolabels.training_case`."""
+    from sparseseg.pseudolabels import training_case
 
     store = CaseStore(root)
     out = []
     for case in dataset.cases(split):
         paths = [*dataset.image_paths(case, split), dataset.label_path(case, split)]
-
-        def make(case=case) -> dict[str, np.ndarray]:
-            image, label = dataset.load_pair(case, split)
-            return {"image": zscore(image.array), "label": label.array.astype(np.int16)}
-
+        make = partial(training_case, dataset, case, split)
         out.append(store.ensure(case, {"files": file_source(paths)}, make))
     return out
 
@@ -147,11 +133,10 @@ def meta_store(
 ) -> list[StoredCase]:
     """Store (or reuse) the meta-model's sample of every training case under ``root/meta``:
     ``{'image': float32 (Cin + C, X, Y, Z), 'targets': uint8 (K, X, Y, Z)}`` as
-    :func:`sparseseg.selftrain.meta_case` makes it, from the z-scored images of ``root/train``
-    (built there when missing) and the A(Y) maps and PL ``sets`` of ``stage2_dir``; one case in
-    memory at a time."""
-    from sparseseg.pseudolabels import mean_path, pl_path, read_mean_map, read_pseudolabels
-    from sparseseg.selftrain import meta_case
+    :func:`sparseseg.pseudolabels.read_meta_case` makes it, from the z-scored images of
+    ``root/train`` (built there when missing) and the A(Y) maps and PL ``sets`` of
+    ``stage2_dir``; one case in memory at a time."""
+    from sparseseg.pseudolabels import mean_path, pl_path, read_meta_case
 
     root = Path(root)
     train = training_store(dataset, root / "train")
@@ -165,12 +150,7 @@ def meta_store(
             "sets": list(sets),
         }
 
-        def make(case=case, stored=stored) -> dict[str, np.ndarray]:
-            pls = read_pseudolabels(stage2_dir, case, sets)
-            return meta_case(
-                stored["image"], read_mean_map(stage2_dir, case), [pls[n] for n in sets]
-            )
-
+        make = partial(read_meta_case, stage2_dir, case, sets, stored["image"])
         out.append(store.ensure(case, source, make))
     return out
 
