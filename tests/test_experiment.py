@@ -124,3 +124,86 @@ def test_full_run_predicts_through_the_predictor_as_the_sliding_window_did(tmp_p
     labels = Predictor(bundle, device="cpu").predict(image, ("3d",))["3d"].labels
     assert labels.dtype == np.uint8 and len(np.unique(direct)) > 1
     np.testing.assert_array_equal(labels, direct)
+
+
+def test_second_round_total_tops_up_the_first_round_to_one_shot_s_k():
+    from sparseseg.experiment import second_round_total
+
+    # K(N, 20) = max(1, floor(N / 20)): 2 for 40 and 59 slices, 1 for 31 and 24
+    first = {
+        "cases": {
+            "a": {
+                "planes": {
+                    "xy": {"num_slices": 40, "count": 1},
+                    "xz": {"num_slices": 59, "count": 1},
+                }
+            },
+            "b": {
+                "planes": {
+                    "xy": {"num_slices": 31, "count": 1},
+                    "xz": {"num_slices": 24, "count": 1},
+                }
+            },
+        }
+    }
+    assert second_round_total(first, 20) == (2 + 2 + 1 + 1) - 4
+    assert second_round_total(first, 40) == 0
+
+
+def test_rounds_top_up_the_ra_run_at_twice_k_to_the_slices_of_one_shot_s_k(tmp_path):
+    from sparseseg.selection.strategies import budget_count
+
+    data = write_phantom_dataset(
+        tmp_path / "data", "heart", cases=2, seed=0, test_cases=1, shape=(24, 24, 16)
+    )
+    sets = [a for k, v in TINIER.items() for a in ("--set", f"{k}={v}")]
+    args = ["experiment", str(data), "--out", str(tmp_path / "res"), "--budgets", "4"]
+    args += ["--strategies", "ra,rounds", "--extractor", "intensity", "--no-full", "--quiet"]
+    assert main([*args, *sets]) == 0
+    runs = tmp_path / "res" / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == [
+        "ra-s4-seed0",
+        "ra-s8-seed0",
+        "rounds-s4-seed0",
+    ]
+    first = json.loads((runs / "ra-s8-seed0" / "selection" / "selection.json").read_text())
+    second = json.loads((runs / "rounds-s4-seed0" / "selection" / "selection.json").read_text())
+    one_shot = json.loads((runs / "ra-s4-seed0" / "selection" / "selection.json").read_text())
+    assert second["round"] == 2
+    for case, entry in second["cases"].items():
+        for plane, choice in entry["planes"].items():
+            before = first["cases"][case]["planes"][plane]["indices"]
+            assert sorted(choice["annotated"]) == sorted(before)
+            assert not set(choice["indices"]) & set(before)  # never re-picked
+    total = sum(
+        len(c["annotated"]) + len(c["indices"])
+        for e in second["cases"].values()
+        for c in e["planes"].values()
+    )
+    assert (
+        total
+        == sum(
+            budget_count(c["num_slices"], 4)
+            for e in one_shot["cases"].values()
+            for c in e["planes"].values()
+        )
+        == sum(c["count"] for e in one_shot["cases"].values() for c in e["planes"].values())
+    )
+    rows = report.read_rows(tmp_path / "res" / "results.csv")
+    means = {
+        r["strategy"]: r["annotated_fraction"]
+        for r in rows
+        if r["model"] == "meta" and r["class"] == "mean" and r["budget"] == 4
+    }
+    meta = json.loads(
+        (runs / "rounds-s4-seed0" / "selection" / "dataset" / "dataset.json").read_text()
+    )
+    assert means["rounds"] == pytest.approx(meta["sparse_annotation"]["annotated_fraction"])
+    assert (
+        means["rounds"]
+        > json.loads((runs / "ra-s8-seed0" / "selection" / "dataset" / "dataset.json").read_text())[
+            "sparse_annotation"
+        ]["annotated_fraction"]
+    )
+    comparisons = json.loads((tmp_path / "res" / "comparisons.json").read_text())
+    assert any(c["comparison"] == "ROUNDS - RA (meta)" and c["budget"] == 4 for c in comparisons)

@@ -5,11 +5,18 @@ For each strategy, budget and seed the runner selects slices on the training spl
 every model part on the test split: the self-trained meta-model (RA+ST), the sparse 3D DVN and the
 2D FCN per plane. Once per seed it also trains the 3D DVN on the dense labels (full supervision).
 
+The strategy ``rounds`` simulates annotation in two rounds at the cost of one-shot ``s_k``: the
+first round is the ``ra`` run at ``s_2k`` (run first if the grid lacks it); its model then
+chooses the rest of the slices of ``s_k`` (``select --round``: coverage given the annotated
+slices and the model's uncertainty, shared between volumes by uncertainty), so the two rounds
+annotate exactly as many slices as one-shot ``s_k`` does.
+
     OUT/fingerprint.json                    what OUT was made from (sparseseg.fingerprint)
     OUT/runs/NAME/fingerprint.json          what each run was made from
     OUT/runs/STRATEGY-sK-seedS/selection/   selection.json and the simulated sparse dataset
     OUT/runs/STRATEGY-sK-seedS/model/       the trained model folder (see sparseseg.pipeline)
     OUT/runs/STRATEGY-sK-seedS/result.json  its rows; present only once the run is complete
+    OUT/runs/rounds-sK-seedS/selection/     the second round (its first: ra-s2K-seedS)
     OUT/runs/full-seedS/                    the fully supervised reference
     OUT/features/                           ra slice features, shared by the budgets of a seed
     OUT/results.csv                         one row per run, model and class
@@ -28,6 +35,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +58,9 @@ CASE_FIELDS = [
     "overall",
     "rand_f",
 ]
-STRATEGIES = ("ra", "eia", "random")
+STRATEGIES = ("ra", "eia", "random", "rounds")
+# paired comparisons between strategies, each where both ran: (first, second)
+STRATEGY_PAIRS = (("ra", "eia"), ("rounds", "ra"), ("rounds", "eia"), ("rounds", "random"))
 
 
 def run_name(strategy: str, budget: float, seed: int) -> str:
@@ -119,14 +129,11 @@ def sparse_run(
     """
     from sparseseg import api
 
-    selection_dir = run_dir / "selection"
-    if not (selection_dir / "dataset" / "dataset.json").exists():
-        if selection_dir.exists():
-            shutil.rmtree(selection_dir)  # an interrupted selection is cheap to redo
-        selection = api.select(
+    def select(out: Path) -> None:
+        api.select(
             dataset.root,
             budget,
-            selection_dir,
+            out,
             strategy=strategy,
             planes=planes,
             extractor=extractor,
@@ -136,12 +143,110 @@ def sparse_run(
             progress=progress,
             feature_cache=feature_cache,
         )
-        cost = selection.cost
-    else:
-        cost = json.loads((selection_dir / "selection.json").read_text())["cost"]
+
+    cost = _selection(run_dir / "selection", select)
+    return _train_and_score(
+        dataset, run_dir, strategy, budget, seed, preset, overrides, cost,
+        resume=resume, device=device, progress=progress, log=log,
+    )  # fmt: skip
+
+
+def second_round_total(first: dict, budget: float) -> int:
+    """New slices that bring a first round's selection (a selection.json dict) up to what
+    one-shot ``s_budget`` annotates: sum over volumes and planes of K(N, budget) minus the
+    slices already chosen."""
+    from sparseseg.selection.strategies import budget_count
+
+    planes = [c for case in first["cases"].values() for c in case["planes"].values()]
+    target = sum(budget_count(c["num_slices"], budget) for c in planes)
+    return target - sum(c["count"] for c in planes)
+
+
+def rounds_run(
+    dataset: Dataset,
+    run_dir: Path,
+    first_dir: Path,
+    budget: float,
+    seed: int,
+    preset: str,
+    overrides: dict,
+    *,
+    planes: str,
+    extractor: str,
+    feature_cache: Path,
+    resume: bool,
+    device: str | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict:
+    """The second annotation round after the finished run ``first_dir`` (its sparse dataset
+    and model), up to the slice count of one-shot ``s_budget``; train and score as
+    :func:`sparse_run`."""
+    from sparseseg import api
+
+    first = json.loads((first_dir / "selection" / "selection.json").read_text())
+    total = second_round_total(first, budget)
+    if total < 1:
+        raise InputError(
+            f"s{budget:g} annotates no more slices than the first round ({first_dir.name})"
+        )
+
+    def select(out: Path) -> None:
+        api.select(
+            first_dir / "selection" / "dataset",
+            None,
+            out,
+            planes=planes,
+            extractor=extractor,
+            seed=seed,
+            device=device,
+            simulate_from_labels=True,
+            progress=progress,
+            feature_cache=feature_cache,
+            model=first_dir / "model",
+            total_slices=total,
+            dense_labels=dataset.root,
+        )
+
+    cost = _selection(run_dir / "selection", select)
+    return _train_and_score(
+        dataset, run_dir, "rounds", budget, seed, preset, overrides, cost,
+        resume=resume, device=device, progress=progress, log=log,
+    )  # fmt: skip
+
+
+def _selection(selection_dir: Path, select: Callable[[Path], None]) -> dict:
+    """Run ``select(selection_dir)`` unless its simulated dataset is complete; the annotation
+    cost of its labels (all rounds' slices), as its dataset.json records it."""
+    meta = selection_dir / "dataset" / "dataset.json"
+    if not meta.exists():
+        if selection_dir.exists():
+            shutil.rmtree(selection_dir)  # an interrupted selection is cheap to redo
+        select(selection_dir)
+    return json.loads(meta.read_text())["sparse_annotation"]
+
+
+def _train_and_score(
+    dataset: Dataset,
+    run_dir: Path,
+    strategy: str,
+    budget: float,
+    seed: int,
+    preset: str,
+    overrides: dict,
+    cost: dict,
+    *,
+    resume: bool,
+    device: str | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict:
+    """Train Steps II and III on ``run_dir/selection/dataset``; the rows of every part."""
+    from sparseseg import api
+
     t0 = time.perf_counter()
     state = api.train(
-        selection_dir / "dataset",
+        run_dir / "selection" / "dataset",
         run_dir / "model",
         preset,
         {**seed_overrides(seed), **overrides},
@@ -257,20 +362,24 @@ def _headline(rows: list[dict], model: str) -> str:
 
 
 def comparisons(case_rows: list[dict], budgets: Sequence[float], metric: str) -> list[dict]:
-    """Paired differences: RA vs EIA (per model and budget) and +ST vs each base model."""
+    """Paired differences: between strategies (:data:`STRATEGY_PAIRS`, per model and budget)
+    and +ST vs each base model."""
     out = []
     strategies = sorted({r["strategy"] for r in case_rows} - {"full"})
     for budget in budgets:
         at = [r for r in case_rows if r["budget"] == budget]
-        if "ra" in strategies and "eia" in strategies:
+        for first, second in STRATEGY_PAIRS:
+            if first not in strategies or second not in strategies:
+                continue
             for model in ("meta", "3d"):
                 diff = report.paired_difference(
                     at,
                     metric,
-                    {"strategy": "ra", "model": model},
-                    {"strategy": "eia", "model": model},
+                    {"strategy": first, "model": model},
+                    {"strategy": second, "model": model},
                 )
-                out.append({"comparison": f"RA - EIA ({model})", "budget": budget, **diff})
+                name = f"{first.upper()} - {second.upper()} ({model})"
+                out.append({"comparison": name, "budget": budget, **diff})
         for strategy in strategies:
             for base in ("3d", *PLANES):
                 diff = report.paired_difference(
@@ -409,31 +518,33 @@ def run_experiment(
                     ),
                 )
             )
+        options = {
+            "preset": preset,
+            "overrides": overrides,
+            "planes": planes,
+            "extractor": extractor,
+            "feature_cache": work / "features",
+            "resume": resume,
+            "device": device,
+            "progress": progress,
+            "log": log,
+        }
         for budget in budgets:
             for strategy in strategies:
-                run = {"strategy": strategy, "budget": budget, "seed": seed}
-                jobs.append(
-                    (
-                        run_name(strategy, budget, seed),
-                        {**seeded, **run, "planes": planes, "extractor": extractor},
-                        lambda d, st=strategy, b=budget, s=seed: sparse_run(
-                            dataset,
-                            d,
-                            st,
-                            b,
-                            s,
-                            preset,
-                            overrides,
-                            planes=planes,
-                            extractor=extractor,
-                            feature_cache=work / "features",
-                            resume=resume,
-                            device=device,
-                            progress=progress,
-                            log=log,
-                        ),
-                    )
-                )
+                # a second round needs its first: the ra run at twice the budget's k
+                needed = [("ra", 2 * budget)] if strategy == "rounds" else []
+                for st, b in [*needed, (strategy, budget)]:
+                    name = run_name(st, b, seed)
+                    if any(job[0] == name for job in jobs):
+                        continue
+                    run = {"strategy": st, "budget": b, "seed": seed}
+                    if st == "rounds":
+                        first_dir = work / "runs" / run_name("ra", 2 * b, seed)
+                        job = partial(rounds_run, dataset, first_dir=first_dir, budget=b)
+                    else:
+                        job = partial(sparse_run, dataset, strategy=st, budget=b)
+                    settings = {**seeded, **run, "planes": planes, "extractor": extractor}
+                    jobs.append((name, settings, partial(job, seed=seed, **options)))
     if not jobs:
         raise InputError("nothing to run: give at least one budget and strategy, or drop --no-full")
     results = []

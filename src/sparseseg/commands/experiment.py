@@ -27,7 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="dataset folder (canonical layout, dense labels, imagesTs)")
     parser.add_argument("--out", required=True, help="results folder (runs are cached here)")
     parser.add_argument("--budgets", type=_numbers(float), default=(5, 10, 20, 40), help="k of s_k")
-    parser.add_argument("--strategies", default="ra,eia", help="from ra,eia,random")
+    parser.add_argument(
+        "--strategies",
+        default="ra,eia",
+        help="from ra,eia,random,rounds (rounds: ra at s_2k, then the rest of s_k by its model)",
+    )
     parser.add_argument("--seeds", type=_numbers(int), default=(0,), help="e.g. 0,1,2")
     add_preset_arguments(parser, "train3d.iterations=300")
     parser.add_argument(
