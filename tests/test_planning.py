@@ -243,3 +243,26 @@ def test_settings_that_do_not_fit_the_plan_are_refused_in_one_line(tmp_path, cap
         )
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_full_supervision_budget_goes_to_the_3d_model_alone():
+    plan = dataclasses.replace(
+        make_plan(_fp((36, 50, 35), (1.0, 1.0, 1.0), cases=10)), budget_minutes=10.0
+    )
+    measured = {
+        "2d_step": 0.1,
+        "3d_step": 0.5,
+        "meta_step": 0.6,
+        "2d_voxel": 1e-7,
+        "3d_voxel": 1e-6,
+        "meta_voxel": 1e-6,
+        "seconds": 20.0,
+    }
+    fp = {**_fp((36, 50, 35), (1, 1, 1), cases=10), "test_cases": 5}
+    reserve = inference_seconds(plan, fp, measured, ("3d",))
+    assert set(reserve) == {"test", "io"}  # no pseudo-labels, no NN-fit
+    fitted, record = fit_budget(plan, fp, measured, models=("3d",))
+    spare = 600 - sum(reserve.values()) - 20
+    assert fitted.train3d.iterations == int(spare / 0.5)
+    both, _ = fit_budget(plan, fp, measured)
+    assert fitted.train3d.iterations > 2 * both.train3d.iterations

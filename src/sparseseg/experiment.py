@@ -300,8 +300,13 @@ def full_run(
     from sparseseg.pseudolabels import remove_cache, train_model3d
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = resolve_preset(
-        preset, {**seed_overrides(seed), **overrides}, dataset, device=device, model_dir=run_dir
+    cfg = resolve_preset(  # auto: the time budget is the 3D model's alone
+        preset,
+        {**seed_overrides(seed), **overrides},
+        dataset,
+        device=device,
+        model_dir=run_dir,
+        models=("3d",),
     )
     model_file = run_dir / "model3d.pt"
     t0 = time.perf_counter()

@@ -143,10 +143,14 @@ def _stride3d(cfg) -> tuple[int, int, int]:
     return tuple(int(d) * int(d) for d in cfg.downsample)
 
 
-def inference_seconds(preset: Preset, fp: dict, measured: dict) -> dict[str, float]:
+def inference_seconds(
+    preset: Preset, fp: dict, measured: dict, models: Sequence[str] = tuple(SHARES)
+) -> dict[str, float]:
     """Estimated seconds of the inference parts of a run: 'pseudolabels' (2D over every plane,
     3D sliding window, on every training case), 'nnfit' (the meta-model over every training case
-    :data:`NNFIT_ROUNDS` times), 'test' (2D, 3D and meta on every test case) and 'io'."""
+    :data:`NNFIT_ROUNDS` times), 'test' (2D, 3D and meta on every test case) and 'io'. A run
+    that trains only ``models=("3d",)`` (full supervision) predicts only the test cases with
+    it."""
     from sparseseg.inference import valid_roi
 
     patch = preset.inference.patch
@@ -164,6 +168,8 @@ def inference_seconds(preset: Preset, fp: dict, measured: dict) -> dict[str, flo
         per_case.append((two, three, meta))
     mean = [sum(c[i] for c in per_case) / len(per_case) for i in range(3)]
     train_cases, test_cases = fp["cases"], fp.get("test_cases", 0)
+    if tuple(models) == ("3d",):
+        return {"test": test_cases * mean[1], "io": SECONDS_PER_CASE_IO * test_cases}
     return {
         "pseudolabels": train_cases * (mean[0] + mean[1]),
         "nnfit": NNFIT_ROUNDS * train_cases * mean[2],
@@ -173,20 +179,30 @@ def inference_seconds(preset: Preset, fp: dict, measured: dict) -> dict[str, flo
 
 
 def fit_budget(
-    preset: Preset, fp: dict, measured: dict, keep: Sequence[str] = ()
+    preset: Preset,
+    fp: dict,
+    measured: dict,
+    keep: Sequence[str] = (),
+    models: Sequence[str] = tuple(SHARES),
 ) -> tuple[Preset, dict]:
     """Iterations so that a whole run fits ``preset.budget_minutes`` (pure).
 
     ``measured``: from :func:`probe`. Fields named in ``keep`` (of :data:`ITERATION_FIELDS`,
-    e.g. set explicitly by the user) are left alone. Returns ``(preset, record)``; the record
-    has the reserve per inference part, the training seconds per model and the iterations.
+    e.g. set explicitly by the user) are left alone. ``models``: the models the run trains;
+    :data:`SHARES` is renormalised over them (full supervision, ``("3d",)``, gives the 3D model
+    the whole training time). Returns ``(preset, record)``; the record has the reserve per
+    inference part, the training seconds per model and the iterations.
     """
     total = preset.budget_minutes * 60.0
-    reserve = inference_seconds(preset, fp, measured)
+    reserve = inference_seconds(preset, fp, measured, models)
     spare = total - sum(reserve.values()) - measured.get("seconds", 0.0)
     train_seconds = max(spare, 0.0)
+    weight = sum(SHARES[k] for k in models)
     iters = {
-        k: max(MIN_ITERATIONS, int(SHARES[k] * train_seconds / max(measured[f"{k}_step"], 1e-6)))
+        k: max(
+            MIN_ITERATIONS,
+            int(SHARES[k] / weight * train_seconds / max(measured[f"{k}_step"], 1e-6)),
+        )
         for k in SHARES
     }
     s1 = max(MIN_ITERATIONS // 2, int(round(iters["meta"] * STAGE1_SHARE)))
