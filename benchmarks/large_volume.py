@@ -45,8 +45,7 @@ def prepare(work: Path, shape: tuple[int, int, int]) -> None:
     from sparseseg.data.io import write_nifti
     from sparseseg.data.layout import write_dataset_json
     from sparseseg.data.volume import Volume
-    from sparseseg.models import build_model2d, build_model3d, save_model
-    from sparseseg.models.factory import densevoxnet_kwargs, model_kwargs
+    from sparseseg.models import base_part, build_model2d, build_model3d
     from sparseseg.models.meta import build_meta, meta_kwargs
 
     p, c = get_preset("cpu"), len(CLASSES)
@@ -57,23 +56,16 @@ def prepare(work: Path, shape: tuple[int, int, int]) -> None:
             build_meta(p.meta, c),
         )
         parts = {
-            "2d": ModelPart(
-                "unet2d",
-                {"in_channels": 1, "num_classes": c, **model_kwargs("unet2d", p.model2d)},
-                m2.state_dict(),
-            ),
-            "3d": ModelPart(
-                "densevoxnet",
-                {"in_channels": 1, "num_classes": c, **densevoxnet_kwargs(p.model3d)},
-                m3.state_dict(),
-            ),
+            "2d": base_part(m2, "unet2d", p.model2d),
+            "3d": base_part(m3, "densevoxnet", p.model3d),
             "meta": ModelPart("ydensevoxnet", meta_kwargs(p.meta, c), mm.state_dict()),
         }
         (work / "model").mkdir(parents=True, exist_ok=True)
         config = json.loads(json.dumps(p.to_dict()))
         save_bundle(Bundle(parts, CLASSES, "cpu", config), work / "model")
-        save_model(work / "step2" / "models" / "model2d.pt", m2, "unet2d", p.model2d)
-        save_model(work / "step2" / "models" / "model3d.pt", m3, "densevoxnet", p.model3d)
+        for name in ("2d", "3d"):  # the base models as Step II saves them: one part each
+            one = Bundle({name: parts[name]}, CLASSES, "cpu", config)
+            save_bundle(one, work / "step2" / "models" / f"model{name}.pt")
     image = work / "data" / "imagesTr" / "big_0000.nii"
     if not image.exists():
         rng = np.random.default_rng(0)

@@ -125,7 +125,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--model", default=None, help="a trained model3d.pt for inference")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a model bundle with a 3D part (e.g. OUT/models/model3d.pt) for inference",
+    )
     parser.add_argument("--skip-train", action="store_true", help="inference only")
     parser.add_argument("--image", default=None, help="a NIfTI image for inference (z-scored)")
     parser.add_argument(
@@ -199,9 +203,9 @@ def main() -> None:
         volume = zscore(read_nifti(args.image).array)
         shape = volume.shape
     if args.model:
-        from sparseseg.models import load_model
+        from sparseseg.bundle import load_bundle
 
-        model, _ = load_model(args.model)
+        model = load_bundle(args.model).build("3d")
     else:
         loss = warm_up_model(model, args.train_steps, patch, args.batch, warm_cfg)
         print(

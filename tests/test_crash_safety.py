@@ -24,6 +24,7 @@ from tiny_preset import TINIER, TINY
 
 import sparseseg
 from sparseseg import fingerprint, report
+from sparseseg.bundle import load_bundle
 from sparseseg.cli import main
 from sparseseg.data.phantom import write_phantom_dataset
 from sparseseg.fileio import KILL_AT_ENV
@@ -201,5 +202,5 @@ def test_experiment_killed_then_resumed_equals_an_unbroken_run(reference_grid, t
     assert_same_weights(ref / "runs/full-seed0/model3d.pt", out / "runs/full-seed0/model3d.pt")
     bundle = "runs/eia-s4-seed0/model/bundle.pt"
     assert_same_weights(ref / bundle, out / bundle)
-    saved = torch.load(out / "runs/full-seed0/model3d.pt", weights_only=True)
-    assert np.isfinite(saved["extra"]["train_seconds"])  # the time committed with the model
+    saved = load_bundle(out / "runs/full-seed0/model3d.pt")
+    assert np.isfinite(saved.extra["train_seconds"])  # the time committed with the model

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from sparseseg.bundle import Bundle, load_bundle, save_bundle
 from sparseseg.config import MetaConfig, Model2DConfig, Model3DConfig, TrainConfig, get_preset
-from sparseseg.models import build_model2d, build_model3d, load_model, save_model
+from sparseseg.models import base_part, build_model2d, build_model3d
 from sparseseg.models.meta import build_meta, meta_arch, meta_kwargs
 from sparseseg.training.losses import (
     deep_supervision_weights,
@@ -123,10 +124,12 @@ def test_dynunet_builds_2d_3d_and_meta_from_config():
 
 def test_dynunet_model_file_round_trip(tmp_path):
     model = build_model3d(TINY3D, 1, 2).eval()
-    save_model(tmp_path / "m.pt", model, "dynunet", TINY3D)
-    loaded, state = load_model(tmp_path / "m.pt")
+    save_bundle(Bundle({"3d": base_part(model, "dynunet", TINY3D)}, ["a", "b"], "x", {}), tmp_path)
+    bundle = load_bundle(tmp_path)
+    loaded = bundle.build("3d")
     x = torch.randn(1, 1, 16, 16, 8)
-    assert state["kind"] == "dynunet" and state["config"]["spatial_dims"] == 3
+    part = bundle.parts["3d"]
+    assert part.arch == "dynunet" and part.kwargs["spatial_dims"] == 3
     assert torch.allclose(loaded(x), model(x))
 
 

@@ -100,17 +100,17 @@ def test_full_run_predicts_through_the_predictor_as_the_sliding_window_did(tmp_p
     import torch
     from tiny_preset import TINY
 
-    from sparseseg.bundle import Bundle, model_part
+    from sparseseg.bundle import Bundle
     from sparseseg.config import get_preset
     from sparseseg.inference import predict_volume_3d
-    from sparseseg.models import build_model3d, load_model, save_model
+    from sparseseg.models import base_part, build_model3d
     from sparseseg.predict import Predictor
     from sparseseg.runtime import zscore
 
     cfg = get_preset("cpu", TINY)
     torch.manual_seed(0)
-    save_model(tmp_path / "m.pt", build_model3d(cfg.model3d, 1, 3), "densevoxnet", cfg.model3d)
-    model, saved = load_model(tmp_path / "m.pt")
+    model = build_model3d(cfg.model3d, 1, 3).eval()
+    part = base_part(model, "densevoxnet", cfg.model3d)
     image = np.random.default_rng(0).normal(size=(20, 18, 24)).astype(np.float32) * 4 + 7
     direct = predict_volume_3d(
         model,
@@ -120,7 +120,7 @@ def test_full_run_predicts_through_the_predictor_as_the_sliding_window_did(tmp_p
         sw_batch_size=cfg.inference.sw_batch_size,
         device="cpu",
     ).argmax(0)
-    bundle = Bundle({"3d": model_part(saved)}, ["a", "b", "c"], cfg.name, cfg.to_dict())
+    bundle = Bundle({"3d": part}, ["a", "b", "c"], cfg.name, cfg.to_dict())
     labels = Predictor(bundle, device="cpu").predict(image, ("3d",))["3d"].labels
     assert labels.dtype == np.uint8 and len(np.unique(direct)) > 1
     np.testing.assert_array_equal(labels, direct)

@@ -3,10 +3,11 @@ import pytest
 import torch
 from torch import nn
 
+from sparseseg.bundle import Bundle, load_bundle, save_bundle
 from sparseseg.config import Model2DConfig, Model3DConfig, get_preset
 from sparseseg.errors import InputError
 from sparseseg.inference import predict_planes_2d, predict_volume_3d, valid_roi
-from sparseseg.models import DenseVoxNet, UNet2D, build_model3d, load_model, save_model
+from sparseseg.models import DenseVoxNet, UNet2D, base_part, build_model3d
 
 TINY3D = Model3DConfig(
     stem_channels=4, growth=4, block_layers=(2, 2), up_channels=(8, 4), dropout=0.0
@@ -86,22 +87,27 @@ def test_unet2d_shapes_on_odd_multiples_of_its_stride():
     assert abs(conv.weight.std().item() - (2 / fan_out) ** 0.5) < 0.3 * (2 / fan_out) ** 0.5
 
 
-def test_save_and_load_round_trip(tmp_path):
+def test_a_base_model_saved_as_a_one_part_bundle_round_trips(tmp_path):
     torch.manual_seed(0)
     model = build_model3d(TINY3D, 1, 2).eval()
-    path = tmp_path / "m.pt"
-    save_model(path, model, "densevoxnet", TINY3D, extra={"note": "x"})
-    loaded, meta = load_model(path)
+    path = tmp_path / "model3d.pt"
+    part = base_part(model, "densevoxnet", TINY3D)
+    save_bundle(Bundle({"3d": part}, ["a", "b"], "cpu", {}, extra={"note": "x"}), path)
+    again = load_bundle(path)
+    loaded = again.build("3d")
     x = torch.randn(1, 1, 8, 8, 8)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
-    assert meta["extra"] == {"note": "x"}
+    assert again.extra == {"note": "x"} and list(again.parts) == ["3d"]
+    assert (tmp_path / "model3d.json").exists()
     torch.load(path, weights_only=True)  # weights-only readable
+    with pytest.raises(InputError, match="no '2d' model"):
+        again.build("2d")
     (tmp_path / "bad.pt").write_bytes(b"not a model")
-    with pytest.raises(InputError):
-        load_model(tmp_path / "bad.pt")
-    with pytest.raises(InputError):
-        load_model(tmp_path / "missing.pt")
+    with pytest.raises(InputError, match="bad.pt"):
+        load_bundle(tmp_path / "bad.pt")
+    with pytest.raises(InputError, match="missing.pt"):
+        load_bundle(tmp_path / "missing.pt")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "auto"])

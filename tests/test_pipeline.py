@@ -73,6 +73,44 @@ def test_train_writes_every_stage(trained):
     assert any("NN-fit round" in line for line in lines)
 
 
+def test_every_model_file_is_a_bundle_and_the_model_bundle_merges_their_parts(trained, tmp_path):
+    import torch
+
+    from sparseseg.bundle import load_bundle, read_bundle_json
+    from sparseseg.config import get_preset
+    from sparseseg.pipeline import make_bundle
+    from sparseseg.pseudolabels import load_base_models
+
+    dataset, model, _ = trained
+    merged = load_bundle(model)
+    assert set(merged.parts) == {"2d", "3d", "meta"}
+    assert set(read_bundle_json(model)["parts"]) == {"2d", "3d", "meta"}
+    stage2 = model / "stage2_pseudolabels" / "models"
+    files = {"2d": stage2 / "model2d.pt", "3d": stage2 / "model3d.pt"}
+    files["meta"] = model / "stage3_meta" / "meta.pt"
+    settings = ("class_names", "preset", "config", "planes", "pl_sets", "normalisation")
+    for name, file in files.items():
+        one = load_bundle(file)
+        assert list(one.parts) == [name]
+        assert list(read_bundle_json(file)["parts"]) == [name]  # FILE.json beside FILE.pt
+        assert all(one.metadata()[k] == merged.metadata()[k] for k in settings)
+        a, b = one.parts[name], merged.parts[name]
+        assert (a.arch, a.kwargs) == (
+            b.arch,
+            b.kwargs,
+        ) and a.state_dict.keys() == b.state_dict.keys()
+        assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    broken = copy / "stage2_pseudolabels" / "models" / "model2d.pt"
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    with pytest.raises(InputError, match="model2d.pt: cannot read model bundle"):
+        make_bundle(Dataset.open(dataset), copy, get_preset("cpu", TINY))
+    with pytest.raises(InputError, match="model2d.pt: cannot read model bundle"):
+        load_base_models(copy / "stage2_pseudolabels")
+
+
 def test_rerun_skips_finished_stages(trained, tmp_path):
     from sparseseg.pipeline import train
 

@@ -1,11 +1,15 @@
-"""The model bundle: everything ``predict`` needs, in one file.
+"""The model bundle: everything ``predict`` needs, in one file; the one format of model files.
 
 ``MODEL/bundle.pt`` holds the weights of the 2D base model, the 3D base model and the meta-model,
 each with the architecture name and constructor arguments that rebuild it, plus the preset and
 config, class names, the intensity normalisation and two versions: the bundle format version and
-the sparseseg version that wrote it. ``MODEL/bundle.json`` repeats everything but the weights for
-people to read. The file holds only tensors and plain Python values, so it loads with
-``torch.load(weights_only=True)``; nothing in it can run code.
+the sparseseg version that wrote it. ``FILE.json`` beside ``FILE.pt`` (``MODEL/bundle.json``)
+repeats everything but the weights for people to read. The file holds only tensors and plain
+Python values, so it loads with ``torch.load(weights_only=True)``; nothing in it can run code.
+
+Every model file sparseseg writes is a bundle: the base models of Step II
+(``models/model2d.pt``, ``models/model3d.pt``) and the meta-model (``stage3_meta/meta.pt``) are
+bundles of one part each, which ``train`` merges into ``MODEL/bundle.pt``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from sparseseg.fileio import atomic_path, write_json
 FORMAT = "sparseseg-bundle"
 FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.pt"
-BUNDLE_JSON = "bundle.json"
 PARTS = ("2d", "3d", "meta")
 
 # Architecture name -> "module:class". Resolved lazily so this module imports without torch models.
@@ -56,16 +59,10 @@ class ModelPart:
         return net.eval()
 
 
-def model_part(saved: dict[str, Any]) -> ModelPart:
-    """The :class:`ModelPart` of a base-model file's dict (written by
-    :func:`sparseseg.models.save_model` and read with ``torch.load``)."""
-    kwargs = {"in_channels": saved["in_channels"], "num_classes": saved["num_classes"]}
-    return ModelPart(saved["kind"], {**kwargs, **saved["config"]}, saved["state_dict"])
-
-
 @dataclass
 class Bundle:
-    """A trained model: the three networks and what is needed to apply them."""
+    """A trained model: its networks (all three, or one in a stage's model file) and what is
+    needed to apply them."""
 
     parts: dict[str, ModelPart]
     class_names: list[str]
@@ -129,7 +126,8 @@ def bundle_file(path: str | Path) -> Path:
 def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     """Write ``bundle`` to ``path`` (a MODEL folder or a ``.pt`` file), atomically.
 
-    Returns the bundle file written. A readable ``bundle.json`` is written beside it.
+    Returns the bundle file written. Its readable metadata is written beside it, as the same name
+    with ``.json`` (``bundle.json``, ``model2d.json``).
     """
     import torch
 
@@ -140,9 +138,10 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
         k: {kk: v.detach().cpu().contiguous() for kk, v in p.state_dict.items()}
         for k, p in bundle.parts.items()
     }
+    # the JSON first: a file that exists has its JSON (reruns skip existing model files)
+    write_json(target.with_suffix(".json"), bundle.metadata())
     with atomic_path(target) as tmp:
         torch.save(payload, tmp)
-    write_json(target.with_name(BUNDLE_JSON), bundle.metadata())
     return target
 
 
@@ -198,7 +197,7 @@ def load_bundle(path: str | Path) -> Bundle:
 
 def read_bundle_json(path: str | Path) -> dict[str, Any]:
     """The readable metadata beside a bundle (no weights)."""
-    file = bundle_file(path).with_name(BUNDLE_JSON)
+    file = bundle_file(path).with_suffix(".json")
     try:
         return json.loads(file.read_text())
     except FileNotFoundError:

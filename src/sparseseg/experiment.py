@@ -17,7 +17,9 @@ annotate exactly as many slices as one-shot ``s_k`` does.
     OUT/runs/STRATEGY-sK-seedS/model/       the trained model folder (see sparseseg.pipeline)
     OUT/runs/STRATEGY-sK-seedS/result.json  its rows; present only once the run is complete
     OUT/runs/rounds-sK-seedS/selection/     the second round (its first: ra-s2K-seedS)
-    OUT/runs/full-seedS/                    the fully supervised reference
+    OUT/runs/full-seedS/                    the fully supervised reference; its model3d.pt is a
+                                            model bundle of the 3D part (its training time in
+                                            the bundle's extra 'train_seconds')
     OUT/features/                           ra slice features, shared by the budgets of a seed
     OUT/results.csv                         one row per run, model and class
     OUT/cases.csv                           one row per run, model and test case
@@ -290,14 +292,14 @@ def full_run(
     log: Callable[[str], None],
 ) -> dict:
     """Train the 3D DVN on the dense training labels and score it on the test split."""
-    from sparseseg.bundle import Bundle, model_part
+    from sparseseg.bundle import load_bundle, save_bundle
     from sparseseg.data.io import write_nifti
     from sparseseg.data.store import CACHE_DIR, training_store
     from sparseseg.evaluation import evaluate
-    from sparseseg.models import load_model, save_model
+    from sparseseg.models import base_part
     from sparseseg.planning import resolve_preset
     from sparseseg.predict import Predictor
-    from sparseseg.pseudolabels import remove_cache, train_model3d
+    from sparseseg.pseudolabels import preset_bundle, remove_cache, train_model3d
 
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = resolve_preset(  # auto: the time budget is the 3D model's alone
@@ -328,13 +330,12 @@ def full_run(
         # training time across interruptions, as the loop counts it; saved in the model file so
         # that the model and its time are committed together
         seconds = history[-1]["time"] if history else time.perf_counter() - t0
-        extra = {"preset": cfg.name, "train_seconds": round(float(seconds), 1)}
-        save_model(model_file, model, cfg.model3d.arch, cfg.model3d, extra=extra)
+        part = {"3d": base_part(model, cfg.model3d.arch, cfg.model3d)}
+        bundle = preset_bundle(part, dataset, cfg, {"train_seconds": round(float(seconds), 1)})
+        save_bundle(bundle, model_file)
     remove_cache(run_dir)
-    _, saved = load_model(model_file)  # a clear error for a damaged file
-    seconds = saved["extra"]["train_seconds"]
-    config = fingerprint.plain(cfg.to_dict())
-    bundle = Bundle({"3d": model_part(saved)}, dataset.class_names, cfg.name, config)
+    bundle = load_bundle(model_file)  # a clear error for a damaged file
+    seconds = bundle.extra["train_seconds"]
     predictor = Predictor(bundle, device=device)
     pred_dir = run_dir / "predictions"
     for case in dataset.cases("Ts"):

@@ -5,14 +5,16 @@ in ``MODEL/pipeline.json`` only once they are all written (atomically)::
 
     MODEL/fingerprint.json            what the folder was made from (sparseseg.fingerprint)
     MODEL/pipeline.json               settings, dataset, and each stage's status and time
-    MODEL/stage2_pseudolabels/        Step II (see :mod:`sparseseg.pseudolabels`): base models,
-                                      checkpoints, the four PL sets, A(Y)
+    MODEL/stage2_pseudolabels/        Step II (see :mod:`sparseseg.pseudolabels`): base models
+                                      (one-part model bundles), checkpoints, the PL sets, A(Y)
     MODEL/cache/train/, cache/meta/   the training cases as memory-mapped .npy files (see
                                       sparseseg.data.store), removed once the meta-model is done
     MODEL/stage3_meta/meta.ckpt       the meta-model's training checkpoint
-    MODEL/stage3_meta/meta.pt         its final weights
+    MODEL/stage3_meta/meta.pt         the trained meta-model: a model bundle of that one part,
+                                      meta.json beside it
     MODEL/stage3_meta/selftrain.json  which PL sets were chosen over time, NN-fit rounds, history
-    MODEL/bundle.pt, bundle.json      the model bundle for ``predict`` (see :mod:`sparseseg.bundle`)
+    MODEL/bundle.pt, bundle.json      the model bundle for ``predict`` (:mod:`sparseseg.bundle`),
+                                      merged from the base models' and the meta-model's bundles
     MODEL/test_predictions/PART/      test-split predictions of every part (when labelsTs exists)
     MODEL/report.json                 their scores: the meta-model beside each base model
 
@@ -40,7 +42,7 @@ import numpy as np
 from sparseseg import distributed, fingerprint, output_folder
 from sparseseg.data.layout import Dataset
 from sparseseg.errors import InputError
-from sparseseg.fileio import atomic_path, write_json
+from sparseseg.fileio import write_json
 
 STATE_FILE = "pipeline.json"
 STAGE2_DIR = "stage2_pseudolabels"
@@ -96,11 +98,10 @@ def run_meta_stage(
     log: Callable[[str], None],
 ) -> dict:
     """Train the meta-model on the PL sets of stage 2; write meta.pt and selftrain.json."""
-    import torch
-
+    from sparseseg.bundle import ModelPart, save_bundle
     from sparseseg.data.store import CACHE_DIR, meta_store
     from sparseseg.models.meta import meta_arch, meta_kwargs
-    from sparseseg.pseudolabels import pl_sets
+    from sparseseg.pseudolabels import pl_sets, preset_bundle
     from sparseseg.selftrain import train_meta
 
     stage_dir = model_dir / STAGE3_DIR
@@ -122,7 +123,11 @@ def run_meta_stage(
         log=log,
     )
     seconds = round(time.perf_counter() - t0, 1)
-    weights = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    part = ModelPart(
+        meta_arch(preset.meta),
+        meta_kwargs(preset.meta, dataset.num_classes, dataset.num_channels),
+        {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+    )
     log_data = {
         "pl_sets": list(sets),
         "cases": dataset.cases("Tr"),
@@ -136,15 +141,7 @@ def run_meta_stage(
     }
 
     def write() -> None:
-        with atomic_path(meta_weights_path(model_dir)) as tmp:
-            torch.save(
-                {
-                    "arch": meta_arch(preset.meta),
-                    "kwargs": meta_kwargs(preset.meta, dataset.num_classes, dataset.num_channels),
-                    "state_dict": weights,
-                },
-                tmp,
-            )
+        save_bundle(preset_bundle({"meta": part}, dataset, preset), meta_weights_path(model_dir))
         write_json(stage_dir / "selftrain.json", log_data)
 
     distributed.run_on_main(write)
@@ -152,33 +149,19 @@ def run_meta_stage(
 
 
 def make_bundle(dataset: Dataset, model_dir: Path, preset) -> Path:
-    """Assemble MODEL/bundle.pt from the stage-2 base models and the stage-3 meta-model."""
-    import torch
+    """Assemble MODEL/bundle.pt from the parts of the stage-2 base models' bundles and the
+    stage-3 meta-model's bundle."""
+    from sparseseg.bundle import load_bundle, save_bundle
+    from sparseseg.pseudolabels import MODEL2D, MODEL3D, model_path, preset_bundle
 
-    from sparseseg.bundle import Bundle, ModelPart, model_part, save_bundle
-    from sparseseg.pseudolabels import MODEL2D, MODEL3D, model_path, pl_sets
-
-    parts = {}
-    for part, name in (("2d", MODEL2D), ("3d", MODEL3D)):
-        path = model_path(model_dir / STAGE2_DIR, name)
-        try:
-            parts[part] = model_part(torch.load(path, map_location="cpu", weights_only=True))
-        except FileNotFoundError:
-            raise InputError("base model missing; rerun train", path) from None
-        except Exception as exc:
-            raise InputError(f"cannot read base model ({type(exc).__name__})", path) from None
-    path = meta_weights_path(model_dir)
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    arch = saved.get("arch", "ydensevoxnet")
-    parts["meta"] = ModelPart(arch, dict(saved["kwargs"]), saved["state_dict"])
-    bundle = Bundle(
-        parts=parts,
-        class_names=dataset.class_names,
-        preset=preset.name,
-        config=fingerprint.plain(preset.to_dict()),
-        planes=list(preset.planes),
-        pl_sets=list(pl_sets(preset.planes)),
-        extra={
+    stage2 = model_dir / STAGE2_DIR
+    files = (model_path(stage2, MODEL2D), model_path(stage2, MODEL3D), meta_weights_path(model_dir))
+    parts = {name: part for file in files for name, part in load_bundle(file).parts.items()}
+    bundle = preset_bundle(
+        parts,
+        dataset,
+        preset,
+        {
             "dataset": dataset.name,
             "training_cases": len(dataset.cases("Tr")),
             "fingerprint": fingerprint.read(model_dir),  # what the model was made from

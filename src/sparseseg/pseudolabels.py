@@ -2,7 +2,9 @@
 
 On disk, under ``OUT`` (each file written atomically; rerunning skips what exists)::
 
-    OUT/models/model2d.pt, model3d.pt      trained base models (sparseseg.models.save_model)
+    OUT/models/model2d.pt, model3d.pt      trained base models: model bundles of one part each
+                                           (see sparseseg.bundle), model2d.json, model3d.json
+                                           beside them for people to read
     OUT/checkpoints/model2d.ckpt, ...      training checkpoints (resume with ``resume=True``)
     OUT/pl_xy/ pl_xz/ pl_yz/ pl_3d/        one nnU-Net raw dataset per PL set: dataset.json,
                                            imagesTr/CASE_0000 (hard links or copies of the source
@@ -27,19 +29,23 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from sparseseg import distributed
+from sparseseg.bundle import Bundle, ModelPart, load_bundle, save_bundle
 from sparseseg.config import Preset
 from sparseseg.data.io import read_nifti, write_nifti
 from sparseseg.data.layout import Dataset, write_dataset_json
 from sparseseg.data.planes import PL_SETS, PLANES
 from sparseseg.errors import InputError
 from sparseseg.fileio import atomic_path, write_json
+from sparseseg.fingerprint import plain
 
 MODEL2D, MODEL3D = "model2d", "model3d"
+PART = {MODEL2D: "2d", MODEL3D: "3d"}  # each base model's part in the model bundle
 
 
 def pl_sets(planes) -> tuple[str, ...]:
@@ -49,6 +55,26 @@ def pl_sets(planes) -> tuple[str, ...]:
     (its predictions across planes it never saw are not pseudo-labels).
     """
     return (*(p for p in PLANES if p in planes), "3d")
+
+
+def preset_bundle(
+    parts: Mapping[str, ModelPart],
+    dataset: Dataset,
+    preset: Preset,
+    extra: Mapping[str, Any] | None = None,
+) -> Bundle:
+    """A model bundle of ``parts`` trained on ``dataset`` with ``preset`` (``extra``: more info,
+    e.g. ``train_seconds``); every model file sparseseg writes is one (see :mod:`sparseseg.bundle`).
+    """
+    return Bundle(
+        parts=dict(parts),
+        class_names=dataset.class_names,
+        preset=preset.name,
+        config=plain(preset.to_dict()),
+        planes=list(preset.planes),
+        pl_sets=list(pl_sets(preset.planes)),
+        extra=dict(extra or {}),
+    )
 
 
 # Paths ----------------------------------------------------------------------------------------
@@ -208,7 +234,7 @@ def train_base_models(
     Returns ``{'model2d': path, 'model3d': path}``; histories go to OUT/step2.json.
     """
     from sparseseg.data.store import CACHE_DIR, training_store
-    from sparseseg.models import save_model
+    from sparseseg.models import base_part
 
     dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
     out_dir = Path(out_dir)
@@ -247,7 +273,8 @@ def train_base_models(
             # the history first: a kill between the two retrains the model (same result) and
             # rewrites it, where the other order would leave a model without its history
             _write_summary(out_dir, dataset, preset, summary)
-            save_model(paths[name], model, cfg.arch, cfg, extra={"preset": preset.name})
+            part = {PART[name]: base_part(model, cfg.arch, cfg)}
+            save_bundle(preset_bundle(part, dataset, preset), paths[name])
 
         distributed.run_on_main(write)
     return paths
@@ -255,11 +282,7 @@ def train_base_models(
 
 def load_base_models(out_dir: str | Path):
     """(model2d, model3d) from OUT/models, in eval mode on the CPU."""
-    from sparseseg.models import load_model
-
-    model2d, _ = load_model(model_path(out_dir, MODEL2D))
-    model3d, _ = load_model(model_path(out_dir, MODEL3D))
-    return model2d, model3d
+    return tuple(load_bundle(model_path(out_dir, n)).build(PART[n]) for n in (MODEL2D, MODEL3D))
 
 
 # Pseudo-labels --------------------------------------------------------------------------------
@@ -463,7 +486,7 @@ def pseudolabel(
     dataset and ``overrides``; the fingerprint records the request, not the measured plan.
     """
     from sparseseg import output_folder
-    from sparseseg.fingerprint import dataset_fingerprint, make, plain
+    from sparseseg.fingerprint import dataset_fingerprint, make
 
     dataset = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
     out_dir = Path(out_dir)

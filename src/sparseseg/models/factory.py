@@ -1,22 +1,18 @@
-"""Build models from preset configs, and save/load them as small self-describing files.
+"""Build models from preset configs, and describe them as model-bundle parts.
 
-A model file is a dict ``{"kind", "in_channels", "num_classes", "config", "state_dict", ...}``
-written with ``torch.save``; it loads with ``torch.load(weights_only=True)``. ``config`` holds
-the constructor arguments of ``kind`` (the same the model bundle stores, see
-:mod:`sparseseg.bundle`), so every kind loads the same way.
+Trained models are saved only as model bundles (:mod:`sparseseg.bundle`): :func:`base_part` gives
+a base model's part (architecture, constructor arguments, weights), which
+:func:`sparseseg.bundle.save_bundle` writes and :meth:`sparseseg.bundle.Bundle.build` rebuilds.
 """
 
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from sparseseg.errors import InputError
-from sparseseg.fileio import atomic_path
+from sparseseg.bundle import ARCHITECTURES, ModelPart
 
 
 def build_model2d(cfg, in_channels: int, num_classes: int) -> nn.Module:
@@ -36,8 +32,6 @@ def build_model(kind: str, cfg, in_channels: int, num_classes: int) -> nn.Module
 
 def model_class(kind: str) -> type[nn.Module]:
     """The class of architecture ``kind`` (as the model bundle names them)."""
-    from sparseseg.bundle import ARCHITECTURES
-
     if kind not in ARCHITECTURES:
         raise ValueError(f"unknown model kind {kind!r} (expected one of {', '.join(BUILDERS)})")
     module_name, class_name = ARCHITECTURES[kind].split(":")
@@ -93,38 +87,12 @@ def densevoxnet_kwargs(cfg) -> dict[str, Any]:
 BUILDERS = ("unet2d", "densevoxnet", "dynunet")
 
 
-def save_model(
-    path: str | Path, model: nn.Module, kind: str, cfg, extra: dict[str, Any] | None = None
-) -> None:
-    """Atomically save ``model`` (its ``in_channels``/``num_classes`` attributes and config)."""
-    state = {
-        "kind": kind,
+def base_part(model: nn.Module, kind: str, cfg) -> ModelPart:
+    """The model-bundle part of base model ``model`` of architecture ``kind`` sized by ``cfg``:
+    its constructor arguments (with its ``in_channels``/``num_classes``) and weights on the CPU."""
+    kwargs = {
         "in_channels": int(model.in_channels),
         "num_classes": int(model.num_classes),
-        "config": model_kwargs(kind, cfg),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "extra": dict(extra or {}),
+        **model_kwargs(kind, cfg),
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a model saved by :func:`save_model` (any kind of :data:`BUILDERS`) in eval mode.
-
-    Returns ``(model, file_dict)``. Raises InputError for a missing or unreadable file.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError("model file not found", path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()}
-        model = model_class(state["kind"])(state["in_channels"], state["num_classes"], **kwargs)
-        model.load_state_dict(state["state_dict"])
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"cannot load model ({type(exc).__name__}: {exc})", path) from None
-    model.eval()
-    return model, state
+    return ModelPart(kind, kwargs, {k: v.detach().cpu() for k, v in model.state_dict().items()})

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -121,113 +122,191 @@ def fit(
     total = int(cfg.iterations if iterations is None else iterations)
     rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(cfg.seed + rank)
-    model.to(device)
-    if cfg.channels_last and device.type == "cpu":
-        model.to(memory_format=torch.channels_last_3d if _is_3d(model) else torch.channels_last)
+    channels_last = cfg.channels_last and device.type == "cpu"
+    _place(model, device, channels_last)
     optimizer = make_optimizer(model.parameters(), cfg)
-    amp_dtype = autocast_dtype(device, cfg.precision)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    history: list[dict[str, float]] = []
-    window: dict[str, list[float]] = {}  # values logged since the last history entry
-    start, elapsed = 0, 0.0
+    scaler = _grad_scaler(device, cfg.precision)
+    run = _Run()
     path = Path(checkpoint) if checkpoint is not None else None
-
     if resume and path is not None and path.exists():
         state = load_checkpoint(path, map_location=device)
         _restore(state, model, optimizer, scaler, extra_state, rank, world)
-        history = list(state.get("history", []))
+        run = _Run.of_checkpoint(state)
         if state.get("done"):
-            return history
-        start, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
-        window = {k: list(v) for k, v in state.get("window", {}).items()}
+            return run.history
 
     net = distributed.wrap_ddp(model, device)  # the model itself in a single process
 
-    def snapshot(step: int, done: bool) -> None:
-        if path is None:
-            return
-        rngs = distributed.all_gather_object(_rng_state()) if world > 1 else None
-        if not distributed.is_main():
-            distributed.barrier()
-            return
-        state = _checkpoint_state(model, optimizer, scaler, extra_state, rngs)
-        state.update(step=step, done=done, elapsed=elapsed, history=history, window=window)
-        save_checkpoint(path, state)
-        distributed.barrier()
+    def snapshot(done: bool) -> None:
+        if path is not None:
+            _snapshot(path, run, done, model, optimizer, scaler, extra_state, world)
 
-    bar = _progress_bar(total, start, progress_desc, progress and distributed.is_main())
+    bar = _progress_bar(total, run.step, progress_desc, progress and distributed.is_main())
     last_save = time.monotonic()
-    step = start
     try:
-        while step < total:
+        while run.step < total:
             t0 = time.perf_counter()
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            draw = step * world + rank
-            batch = batch_to(batches(draw), device, cfg.channels_last and device.type == "cpu")
-            net.train()
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, cfg.precision):
-                loss, logs = loss_fn(net, batch, step)
+            lr = _set_lr(optimizer, lr_at(run.step, cfg))
+            batch = batch_to(batches(run.step * world + rank), device, channels_last)
+            loss, logs = _forward(net, optimizer, loss_fn, batch, run.step, device, cfg.precision)
             loss_value = float(loss.detach())
             if world == 1 and not math.isfinite(loss_value):
-                raise _not_finite(progress_desc, loss_value, step)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-            step += 1
+                raise _not_finite(progress_desc, loss_value, run.step)
+            _update(model, optimizer, scaler, loss, cfg.grad_clip)
+            run.step += 1
             dt = time.perf_counter() - t0
-            elapsed += dt
-            stop = should_stop is not None and should_stop(step, logs)
-            due = step < total and (
-                step % cfg.checkpoint_every == 0
+            run.elapsed += dt
+            stop = should_stop is not None and should_stop(run.step, logs)
+            due = run.step < total and (
+                run.step % cfg.checkpoint_every == 0
                 or time.monotonic() - last_save > cfg.checkpoint_seconds
             )
-            if world > 1:  # one small all-reduce keeps the ranks' decisions identical
-                finite = math.isfinite(loss_value)
-                total_loss, bad, stops, dues = distributed.all_reduce_sum(
-                    [loss_value if finite else 0.0, not finite, stop, due], device
+            if world > 1:
+                loss_value, stop, due = _agree(
+                    loss_value, stop, due, world, device, progress_desc, run.step - 1
                 )
-                if bad:
-                    raise _not_finite(progress_desc, loss_value, step - 1)
-                loss_value, stop, due = total_loss / world, stops > 0, dues > 0
             values = {"loss": loss_value, **logs}
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    window.setdefault(key, []).append(float(value))
-            voxels = _voxels(batch) * world
-            bar.set_postfix(
-                loss=f"{values['loss']:.4f}",
-                **({"vox/s": f"{voxels / dt:.3g}"} if voxels else {}),
-                refresh=False,
-            )
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == total or stop:
-                entry = {"step": step, "lr": lr, "time": round(elapsed, 3)}
-                entry.update({k: sum(v) / len(v) for k, v in window.items()})
-                history.append(entry)
-                window = {}
+            run.record(values)
+            _show(bar, values, _voxels(batch) * world, dt)
+            if run.step % cfg.log_every == 0 or run.step == total or stop:
+                run.log(lr)
             if stop:
                 break
             if due:
-                snapshot(step, done=False)
+                snapshot(done=False)
                 last_save = time.monotonic()
     finally:
         bar.close()
     distributed.broadcast_buffers(model)  # every rank leaves with rank 0's BatchNorm statistics
-    snapshot(step, done=True)
+    snapshot(done=True)
     model.eval()
-    return history
+    return run.history
+
+
+@dataclass
+class _Run:
+    """Where a training run is: steps done, seconds trained, the history, and the values logged
+    since its last entry (``window``)."""
+
+    step: int = 0
+    elapsed: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+    window: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def of_checkpoint(cls, state: dict[str, Any]) -> _Run:
+        """The run a checkpoint stopped at (only the history of a finished one)."""
+        history = list(state.get("history", []))
+        if state.get("done"):
+            return cls(history=history)
+        window = {k: list(v) for k, v in state.get("window", {}).items()}
+        return cls(int(state["step"]), float(state.get("elapsed", 0.0)), history, window)
+
+    def record(self, values: dict[str, Any]) -> None:
+        """Add a step's finite numeric ``values`` to the window."""
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.window.setdefault(key, []).append(float(value))
+
+    def log(self, lr: float) -> None:
+        """Close the window: append its means to the history."""
+        entry = {"step": self.step, "lr": lr, "time": round(self.elapsed, 3)}
+        entry.update({k: sum(v) / len(v) for k, v in self.window.items()})
+        self.history.append(entry)
+        self.window = {}
+
+
+def _place(model: nn.Module, device: torch.device, channels_last: bool) -> None:
+    """Move ``model`` to ``device``, in channels-last memory order when asked."""
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last_3d if _is_3d(model) else torch.channels_last)
+
+
+def _grad_scaler(device: torch.device, precision: str):
+    """The grad scaler fp16 autocast needs (None under bf16 or fp32)."""
+    return (
+        torch.amp.GradScaler("cuda") if autocast_dtype(device, precision) == torch.float16 else None
+    )
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _forward(net, optimizer, loss_fn: LossFn, batch: Batch, step: int, device, precision: str):
+    """Clear the gradients, then ``loss_fn(net, batch, step)`` in training mode under autocast:
+    ``(loss, logs)``."""
+    net.train()
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, precision):
+        return loss_fn(net, batch, step)
+
+
+def _update(model: nn.Module, optimizer, scaler, loss: torch.Tensor, grad_clip: float) -> None:
+    """Backward, gradients clipped to ``grad_clip`` (when > 0), one optimizer step (through the
+    fp16 grad ``scaler`` when there is one)."""
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+
+
+def _agree(
+    loss_value: float, stop: bool, due: bool, world: int, device, desc: str, step: int
+) -> tuple[float, bool, bool]:
+    """Under torchrun: the mean loss over the ``world`` ranks, and stop/save if any rank says so,
+    in one small all-reduce that keeps the ranks' decisions identical; a non-finite loss on any
+    rank (at step index ``step``) raises."""
+    finite = math.isfinite(loss_value)
+    total_loss, bad, stops, dues = distributed.all_reduce_sum(
+        [loss_value if finite else 0.0, not finite, stop, due], device
+    )
+    if bad:
+        raise _not_finite(desc, loss_value, step)
+    return total_loss / world, stops > 0, dues > 0
+
+
+def _show(bar, values: dict[str, Any], voxels: int, seconds: float) -> None:
+    bar.set_postfix(
+        loss=f"{values['loss']:.4f}",
+        **({"vox/s": f"{voxels / seconds:.3g}"} if voxels else {}),
+        refresh=False,
+    )
+    bar.update(1)
+
+
+def _snapshot(
+    path: Path,
+    run: _Run,
+    done: bool,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler,
+    extra_state: dict[str, Stateful] | None,
+    world: int,
+) -> None:
+    """Write the checkpoint of ``run`` (rank 0; every rank passes its RNG state to it)."""
+    rngs = distributed.all_gather_object(_rng_state()) if world > 1 else None
+    if not distributed.is_main():
+        distributed.barrier()
+        return
+    state = _checkpoint_state(model, optimizer, scaler, extra_state, rngs)
+    state.update(
+        step=run.step, done=done, elapsed=run.elapsed, history=run.history, window=run.window
+    )
+    save_checkpoint(path, state)
+    distributed.barrier()
 
 
 def _restore(
