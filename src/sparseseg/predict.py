@@ -164,6 +164,8 @@ class Predictor:
                 self.model("2d"),
                 x,
                 (plane,),
+                patch=self.preset.train2d.patch,
+                overlap=inf.overlap,
                 batch_size=inf.slice_batch_size,
                 labels_only=not keep_probs,
                 **common,

@@ -286,6 +286,8 @@ def compute_pseudolabels(
         model2d,
         image,
         pl_sets(preset.planes)[:-1],
+        patch=preset.train2d.patch,
+        overlap=inf.overlap,
         batch_size=inf.slice_batch_size,
         device=device,
         labels_only=True,
