@@ -98,7 +98,6 @@ def fit(
     progress_desc: str = "train",
     progress: bool = True,
     extra_state: dict[str, Stateful] | None = None,
-    should_stop: Callable[[int, dict[str, float]], bool] | None = None,
     iterations: int | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place for ``cfg.iterations`` (or ``iterations``) steps; return history.
@@ -112,7 +111,6 @@ def fit(
     and at the end. With ``resume=True`` an existing checkpoint is continued (a finished one only
     loads the weights); without it any old checkpoint is overwritten. ``extra_state`` objects
     (``state_dict``/``load_state_dict``) are saved and restored with it, e.g. NN-fit's choices.
-    ``should_stop(steps_done, logs)`` ends training early (the checkpoint is then marked done).
 
     History: one dict per ``cfg.log_every`` steps with 'step' (steps done), 'lr', 'loss', 'time'
     (seconds of training so far) and the mean of every numeric value ``loss_fn`` logged.
@@ -188,19 +186,18 @@ def fit(
             step += 1
             dt = time.perf_counter() - t0
             elapsed += dt
-            stop = should_stop is not None and should_stop(step, logs)
             due = step < total and (
                 step % cfg.checkpoint_every == 0
                 or time.monotonic() - last_save > cfg.checkpoint_seconds
             )
             if world > 1:  # one small all-reduce keeps the ranks' decisions identical
                 finite = math.isfinite(loss_value)
-                total_loss, bad, stops, dues = distributed.all_reduce_sum(
-                    [loss_value if finite else 0.0, not finite, stop, due], device
+                total_loss, bad, dues = distributed.all_reduce_sum(
+                    [loss_value if finite else 0.0, not finite, due], device
                 )
                 if bad:
                     raise _not_finite(progress_desc, loss_value, step - 1)
-                loss_value, stop, due = total_loss / world, stops > 0, dues > 0
+                loss_value, due = total_loss / world, dues > 0
             values = {"loss": loss_value, **logs}
             for key, value in values.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
@@ -212,13 +209,11 @@ def fit(
                 refresh=False,
             )
             bar.update(1)
-            if step % cfg.log_every == 0 or step == total or stop:
+            if step % cfg.log_every == 0 or step == total:
                 entry = {"step": step, "lr": lr, "time": round(elapsed, 3)}
                 entry.update({k: sum(v) / len(v) for k, v in window.items()})
                 history.append(entry)
                 window = {}
-            if stop:
-                break
             if due:
                 snapshot(step, done=False)
                 last_save = time.monotonic()
