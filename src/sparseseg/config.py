@@ -139,6 +139,11 @@ class MetaConfig:
     # (image and A(Y) through separate input blocks, fused before the encoder, as in Fig. 4).
     # The DenseVoxNet meta-model is always Y-shaped.
     fusion: str = "y"
+    # Training's A(Y): True counts every PL set with the manual labels written in (as the PL
+    # sets are), so annotated voxels are unanimous one-hot, which A(Y) at prediction never is;
+    # False builds it from the base models' raw predictions, exactly as prediction does (the
+    # manual labels then enter only the targets).
+    ay_manual: bool = True
 
 
 @dataclass(frozen=True)
