@@ -56,8 +56,8 @@ TINY = {
     "meta.ay_stem_channels": 4,
     "meta.train.batch_size": 1,
     "meta.train.patch": "32x32x32",
+    "meta.train.iterations": 4,
     "meta.stage1_iterations": 2,
-    "meta.stage2_iterations": 2,
     "meta.nnfit_round_iterations": 2,
 }
 GIB = 2.0**30

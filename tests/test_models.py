@@ -179,3 +179,39 @@ def test_dynunet_predicts_a_small_volume_inside_the_full_patch():
         (slice(None), *(slice(a, a + n) for (a, _), n in zip(pads, image.shape, strict=True)))
     ]
     np.testing.assert_allclose(probs, inside.numpy(), atol=1e-5)
+
+
+def test_dynunet_2d_predicts_slices_as_it_was_trained():
+    """The 2D DynUNet trains on fixed crops (a slice smaller than the crop lies whole inside it,
+    padded with 0): a smaller slice is predicted centred in a full patch, a larger one by
+    windows of the patch. UNet2D (batch norm) keeps seeing whole slices padded to its stride."""
+    from sparseseg.models.dynunet import SegDynUNet
+
+    torch.manual_seed(0)
+    model = SegDynUNet(
+        1, 3, spatial_dims=2, filters=(4, 8, 8), strides=(1, 1, 2, 2, 2, 2), kernels=(3,) * 6
+    ).eval()
+    image = np.random.default_rng(0).normal(size=(9, 10, 30)).astype(np.float32)
+    probs = predict_planes_2d(model, image, ("xy", "xz"), patch=(16, 16), precision="fp32")
+
+    def direct(window: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(model(torch.from_numpy(window)[None, None]), 1)[0].numpy()
+
+    # xy slices (9 x 10) inside one 16 x 16 canvas, centred as MONAI pads
+    canvas = direct(np.pad(image[:, :, 7], ((3, 4), (3, 3))))
+    np.testing.assert_allclose(probs["xy"][:, :, :, 7], canvas[:, 3:12, 3:13], atol=1e-5)
+    # xz slices (9 x 30): taller than the patch along z, so windows of 16 along z, never one
+    # window of the whole slice
+    whole = direct(np.pad(image[:, 4, :], ((3, 4), (1, 1))))[:, 3:12, 1:31]
+    assert not np.allclose(probs["xz"][:, :, 4, :], whole, atol=1e-3)
+    first = direct(np.pad(image[:, 4, :16], ((3, 4), (0, 0))))[:, 3:12]
+    np.testing.assert_allclose(probs["xz"][:, :, 4, :4], first[:, :, :4], atol=1e-5)
+    np.testing.assert_allclose(probs["xz"].sum(0), 1.0, atol=1e-4)
+    with pytest.raises(ValueError, match="patch"):
+        predict_planes_2d(model, image, ("xy",))
+    # a UNet2D ignores the patch: same output with or without it
+    unet = UNet2D(1, 3, base_channels=4, depth=2)
+    plain = predict_planes_2d(unet, image, ("xy",), precision="fp32")["xy"]
+    given = predict_planes_2d(unet, image, ("xy",), patch=(4, 4), precision="fp32")["xy"]
+    np.testing.assert_array_equal(plain, given)

@@ -58,8 +58,8 @@ def test_train_writes_every_stage(trained):
     assert (model / "stage3_meta" / "meta.pt").exists()
     assert (model / "bundle.pt").exists() and (model / "bundle.json").exists()
     log = json.loads((model / "stage3_meta" / "selftrain.json").read_text())
-    # Stage 1 for 4 iterations, then NN-fit rounds until the budget (threshold 0 never settles).
-    assert log["steps"] == 10 and log["stop_reason"] == "budget"
+    # Stage 1 for 4 iterations, then NN-fit rounds to the end (threshold 0 never settles).
+    assert log["steps"] == 10 and log["stop_reason"] == "budget" and log["settled_at"] is None
     assert log["nnfit"]["rounds"][0]["iteration"] == 4
     assert all(len(r["choice"]) == 3 for r in log["nnfit"]["rounds"])
     picks = [h for h in log["history"] if "pick_xy" in h]
@@ -131,7 +131,7 @@ def test_other_settings_are_refused(trained, tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(model, copy)
     with pytest.raises(InputError, match="other settings.*meta"):
-        train(dataset, copy, "cpu", {**TINY, "meta.stage2_iterations": 7}, progress=False)
+        train(dataset, copy, "cpu", {**TINY, "meta.train.iterations": 11}, progress=False)
 
 
 def test_folder_from_before_a_new_preset_field_is_reused(trained, tmp_path):

@@ -23,8 +23,8 @@ from sparseseg.planning.plan import describe, pooling, total_stride
 FEW_STEPS = {
     "train2d.iterations": 3,
     "train3d.iterations": 3,
+    "meta.train.iterations": 4,
     "meta.stage1_iterations": 2,
-    "meta.stage2_iterations": 2,
 }
 
 
@@ -185,9 +185,9 @@ def test_budget_turns_minutes_into_iterations():
     assert record["training_seconds"] == pytest.approx(spare, abs=0.1)
     assert fitted.train3d.iterations == int(0.4 * spare / 0.5)
     assert fitted.train2d.iterations == int(0.2 * spare / 0.1)
-    meta = fitted.meta.stage1_iterations + fitted.meta.stage2_iterations
+    meta = fitted.meta.train.iterations
     assert meta == pytest.approx(0.4 * spare / 0.6, abs=1)
-    assert fitted.meta.train.iterations == meta
+    assert fitted.meta.stage1_iterations == round(meta * 2 / 3)
     # time spent: about the budget
     spent = (
         (fitted.train2d.iterations * 0.1 + fitted.train3d.iterations * 0.5 + meta * 0.6)
@@ -218,8 +218,8 @@ def test_minutes_option_probes_and_plans_iterations(tmp_path, capsys):
     assert plan["preset"]["budget_minutes"] == 0.4
     assert plan["preset"]["train3d"]["iterations"] == 3  # set explicitly: kept
     assert set(plan["budget"]["iterations"]) == {
+        "meta.train.iterations",
         "meta.stage1_iterations",
-        "meta.stage2_iterations",
     }
     assert all(plan["budget"]["probe"][f"{k}_step"] > 0 for k in ("2d", "3d", "meta"))
     assert describe(preset_from_dict(plan["preset"]))[0].startswith("3D: DynUNet")

@@ -144,3 +144,62 @@ def test_sparse_3d_model_is_accurate_away_from_annotated_slices(tmp_path):
         truth = case["image"] > 0.5 * case["image"].max()  # the ball is the bright part
         away = case["label"] == 2
         assert np.mean(pred[away] == truth[away]) > 0.95
+
+
+def test_training_builds_the_mean_map_prediction_sees_with_ay_manual_off(tmp_path):
+    """For the same base models and image, the A(Y) Step II writes for training equals, bit for
+    bit, the one the meta-model sees at prediction when meta.ay_manual is off; with it on (the
+    default) the two differ exactly on the annotated voxels, where training's is the manual
+    label's one-hot."""
+    from sparseseg.bundle import Bundle, model_part
+    from sparseseg.predict import Predictor
+    from sparseseg.pseudolabels import compute_pseudolabels, load_base_models, read_meta_case
+    from sparseseg.runtime import zscore
+
+    class Recorder(torch.nn.Module):  # a stand-in meta-model that keeps its input windows
+        stride, num_classes = 4, 2
+
+        def __init__(self, seen):
+            super().__init__()
+            self.seen = seen
+
+        def forward(self, x):
+            self.seen.append(x.detach().float().clone())
+            return torch.zeros(x.shape[0], 2, *x.shape[2:])
+
+    torch.manual_seed(0)
+    dataset = _make_dataset(tmp_path / "data", shape=(8, 8, 8))  # one meta window: the volume
+    out = tmp_path / "out"
+    preset = get_preset("cpu", [*TINY, "meta.ay_manual=false"])
+    run_step2(dataset, out, preset, progress=False)
+    sets = pl_sets(preset.planes)
+    parts = {
+        k: model_part(torch.load(model_path(out, n), weights_only=True))
+        for k, n in (("2d", "model2d"), ("3d", "model3d"))
+    }
+    bundle = Bundle(parts, dataset.class_names, "cpu", preset.to_dict(), pl_sets=list(sets))
+    seen: list[torch.Tensor] = []
+    predictor = Predictor(bundle, device="cpu")
+    predictor._models["meta"] = Recorder(seen)
+    case = dataset.cases()[0]
+    image, manual = dataset.load_pair(case)
+    predicted = predictor.predict(image.array, ("meta",))
+    assert len(seen) == 1 and predicted["meta"].labels.shape == image.shape
+    at_prediction = seen[0][0, 1:].numpy()
+    training = read_meta_case(out, case, sets, zscore(image.array))["image"][1:]
+    assert len(np.unique(training)) > 2  # the base models disagree somewhere
+    np.testing.assert_array_equal(training, at_prediction)
+
+    model2d, model3d = load_base_models(out)
+    default = get_preset("cpu", TINY)
+    assert default.meta.ay_manual
+    x = zscore(image.array)
+    pls, with_manual = compute_pseudolabels(
+        model2d, model3d, x, default, manual.array, LABELS["ignore"], device="cpu"
+    )
+    annotated = manual.array != LABELS["ignore"]
+    np.testing.assert_array_equal(with_manual, mean_one_hot(pls, 2))
+    one_hot = np.stack([manual.array == c for c in range(2)]).astype(np.float32)
+    np.testing.assert_array_equal(with_manual[:, annotated], one_hot[:, annotated])
+    np.testing.assert_array_equal(with_manual[:, ~annotated], at_prediction[:, ~annotated])
+    assert not np.array_equal(with_manual, at_prediction)

@@ -109,3 +109,80 @@ def test_switch_share_and_stopping_rule():
     strict.update(ce_a, 0)
     strict.update(ce_b, 10)
     assert not strict.done  # the share must fall under the threshold
+
+
+def _meta_cases(n: int = 2, c: int = 3, shape=(16, 16, 16)) -> list[dict]:
+    import numpy as np
+
+    from sparseseg.pseudolabels import mean_one_hot
+    from sparseseg.selftrain import meta_case
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for _ in range(n):
+        image = rng.normal(size=shape).astype(np.float32)
+        pls = [rng.integers(0, c, shape).astype(np.uint8) for _ in range(4)]
+        cases.append(meta_case(image, mean_one_hot(pls, c), pls))
+    return cases
+
+
+def test_settled_choices_are_kept_to_the_end_of_the_schedule(tmp_path, monkeypatch):
+    """Once NN-fit settles no further round runs, training goes on with the frozen choices to
+    the end of meta.train.iterations (the lr to its poly end), and a run killed after settling
+    resumes to the same weights."""
+    from tiny_preset import TINY
+
+    from sparseseg import selftrain
+    from sparseseg.config import get_preset
+    from sparseseg.training.loop import load_checkpoint
+    from sparseseg.training.schedules import lr_at
+
+    preset = get_preset(
+        "cpu",
+        {
+            **TINY,
+            "meta.train.iterations": 12,
+            "meta.stage1_iterations": 2,
+            "meta.nnfit_round_iterations": 2,
+            "meta.switch_threshold": 1.01,  # any second round settles
+            "meta.train.log_every": 1,
+        },
+    )
+    cases = _meta_cases()
+    ref = selftrain.train_meta(cases, 3, preset, tmp_path / "ref.ckpt", progress=False)
+    assert [r["iteration"] for r in ref.nnfit.rounds] == [2, 4]
+    assert ref.stop_reason == "settled" and ref.settled_at == 4
+    assert ref.steps == 12 and [h["step"] for h in ref.history] == list(range(1, 13))
+    assert ref.history[-1]["lr"] == pytest.approx(lr_at(11, preset.meta.train))
+    assert ref.history[-1]["lr"] < 0.2 * preset.meta.train.lr
+
+    calls = {"n": 0}
+    pick = selftrain.pick_targets
+
+    def crash_at_step_7(targets, choice):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return pick(targets, choice)
+
+    monkeypatch.setattr(selftrain, "pick_targets", crash_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        selftrain.train_meta(cases, 3, preset, tmp_path / "run.ckpt", progress=False)
+    monkeypatch.setattr(selftrain, "pick_targets", pick)
+    state = load_checkpoint(tmp_path / "run.ckpt")
+    assert state["step"] == 6 and len(state["extra"]["nnfit"]["rounds"]) == 2  # settled
+    again = selftrain.train_meta(
+        cases, 3, preset, tmp_path / "run.ckpt", resume=True, progress=False
+    )
+    assert again.nnfit.rounds == ref.nnfit.rounds and again.steps == 12
+    assert [h["loss"] for h in again.history] == [h["loss"] for h in ref.history]
+    for key, value in ref.model.state_dict().items():
+        assert torch.equal(value, again.model.state_dict()[key]), key
+
+
+def test_stage1_longer_than_the_schedule_is_refused():
+    from sparseseg.config import get_preset
+
+    with pytest.raises(ValueError, match="meta.stage1_iterations"):
+        get_preset("cpu", ["meta.train.iterations=10", "meta.stage1_iterations=11"])
+    assert get_preset("cpu", ["meta.train.iterations=10", "meta.stage1_iterations=10"])

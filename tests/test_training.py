@@ -234,7 +234,7 @@ def test_resume_after_a_crash_reaches_the_same_state_as_an_unbroken_run(tmp_path
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in reference.state_dict().items())
 
 
-def test_stateful_extra_and_early_stop(tmp_path):
+def test_stateful_extra_state_is_checkpointed(tmp_path):
     sampler, cfg, make_model = _tiny_setup(8)
 
     class Counter:
@@ -262,11 +262,22 @@ def test_stateful_extra_and_early_stop(tmp_path):
         tmp_path / "c.pt",
         progress=False,
         extra_state={"counter": counter},
-        should_stop=lambda done, logs: done >= 4,
     )
-    assert hist[-1]["step"] == 4
+    assert hist[-1]["step"] == 8
     state = load_checkpoint(tmp_path / "c.pt")
-    assert state["done"] and state["extra"]["counter"] == {"n": 4}
+    assert state["done"] and state["extra"]["counter"] == {"n": 8}
+    again = Counter()  # a finished run resumed: the extra state comes back, nothing trains
+    fit(
+        make_model(),
+        sampler,
+        counting,
+        cfg,
+        tmp_path / "c.pt",
+        resume=True,
+        progress=False,
+        extra_state={"counter": again},
+    )
+    assert again.n == 8 and counter.n == 8
 
 
 KILL_SCRIPT = textwrap.dedent(

@@ -22,9 +22,9 @@ TINY = {
     "meta.train.batch_size": 1,
     "meta.train.patch": "16x16x16",
     "meta.train.checkpoint_every": 2,
+    "meta.train.iterations": 10,
     "meta.stage1_iterations": 4,
-    "meta.stage2_iterations": 6,
-    "meta.switch_threshold": 0.0,  # never settles: stage 2 runs its whole budget
+    "meta.switch_threshold": 0.0,  # never settles: NN-fit rounds to the end
 }
 
 # Fewer steps still, for tests that train several runs or several ranks.
@@ -32,6 +32,6 @@ TINIER = {
     **TINY,
     "train2d.iterations": 3,
     "train3d.iterations": 3,
+    "meta.train.iterations": 4,
     "meta.stage1_iterations": 2,
-    "meta.stage2_iterations": 2,
 }

@@ -117,15 +117,16 @@ class InferenceConfig:
 class MetaConfig:
     """The Y-shaped meta-model (Step III): its widths, training and NN-fit settings.
 
-    Stage 1 draws a random PL set per sample for ``stage1_iterations``; stage 2 (NN-fit) runs at
-    most ``stage2_iterations`` and stops once the share of samples whose chosen PL set changed since
-    the previous pass falls under ``switch_threshold``.
+    ``train.iterations`` is the whole schedule (the learning rate decays over both stages).
+    Stage 1 draws a random PL set per sample for the first ``stage1_iterations``; stage 2 (NN-fit)
+    is the rest: every ``nnfit_round_iterations`` each volume's target becomes its nearest PL set,
+    until the share of volumes whose choice changed since the previous round falls under
+    ``switch_threshold``; the choices are then kept to the end of the schedule.
     """
 
     model: Model3DConfig = field(default_factory=Model3DConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    stage1_iterations: int = 5000
-    stage2_iterations: int = 5000
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(iterations=15000))
+    stage1_iterations: int = 10000
     switch_threshold: float = 0.05
     ay_stem_channels: int = 16  # stem width of the A(Y) branch
     nnfit_round_iterations: int = 0
@@ -138,6 +139,11 @@ class MetaConfig:
     # (image and A(Y) through separate input blocks, fused before the encoder, as in Fig. 4).
     # The DenseVoxNet meta-model is always Y-shaped.
     fusion: str = "y"
+    # Training's A(Y): True counts every PL set with the manual labels written in (as the PL
+    # sets are), so annotated voxels are unanimous one-hot, which A(Y) at prediction never is;
+    # False builds it from the base models' raw predictions, exactly as prediction does (the
+    # manual labels then enter only the targets).
+    ay_manual: bool = True
 
 
 @dataclass(frozen=True)
@@ -188,7 +194,6 @@ def _paper() -> Preset:
             model=Model3DConfig(),
             train=dataclasses.replace(train3d, iterations=15000),
             stage1_iterations=10000,
-            stage2_iterations=5000,
             switch_threshold=0.05,
             ay_stem_channels=16,
             ay_skip=0.0,  # the paper's network, as in Fig. 4
@@ -244,7 +249,6 @@ def _cpu() -> Preset:
             model=model3d,
             train=dataclasses.replace(train3d, iterations=1800),
             stage1_iterations=1200,
-            stage2_iterations=600,
             switch_threshold=0.05,
             ay_stem_channels=8,
         ),
@@ -315,7 +319,6 @@ def _auto() -> Preset:
             model=model3d,
             train=train,
             stage1_iterations=10000,
-            stage2_iterations=5000,
             switch_threshold=0.05,
             fusion="stack",
         ),
@@ -374,7 +377,8 @@ def _set(obj: Any, path: list[str], value: Any) -> Any:
 
 def apply_overrides(preset: Preset, overrides: list[str] | dict[str, Any]) -> Preset:
     """Override dotted fields: ``["train3d.iterations=300", "train3d.patch=32x32x32"]`` or a dict
-    ``{"meta.train.iterations": 100}``. Raises ValueError on an unknown field or bad value."""
+    ``{"meta.train.iterations": 100}``. Raises ValueError on an unknown field or bad value, or
+    when stage 1 of the meta-model would be longer than its whole schedule."""
     items = overrides.items() if isinstance(overrides, dict) else []
     if not isinstance(overrides, dict):
         parsed = []
@@ -386,7 +390,17 @@ def apply_overrides(preset: Preset, overrides: list[str] | dict[str, Any]) -> Pr
         items = parsed
     for key, value in items:
         preset = _set(preset, key.split("."), value)
+    check_meta_schedule(preset.meta)
     return dataclasses.replace(preset, planes=parse_planes(preset.planes))
+
+
+def check_meta_schedule(meta: MetaConfig) -> None:
+    """ValueError unless 0 <= ``stage1_iterations`` <= ``train.iterations``."""
+    if not 0 <= meta.stage1_iterations <= meta.train.iterations:
+        raise ValueError(
+            f"meta.stage1_iterations ({meta.stage1_iterations}) must lie between 0 and "
+            f"meta.train.iterations ({meta.train.iterations}), the meta-model's whole schedule"
+        )
 
 
 def _from_dict(cls, data: dict[str, Any]):

@@ -26,8 +26,8 @@ DEMO_OVERRIDES: dict[str, object] = {
     "train2d.iterations": 750,
     "train2d.step_at": 550,
     "train3d.iterations": 1200,
+    "meta.train.iterations": 900,
     "meta.stage1_iterations": 600,
-    "meta.stage2_iterations": 300,
 }
 
 

@@ -124,6 +124,8 @@ def predict_planes_2d(
     image: np.ndarray,
     planes: Sequence[str] = PLANES,
     *,
+    patch: Sequence[int] | None = None,
+    overlap: float = 0.5,
     batch_size: int = 16,
     device: str | torch.device | None = None,
     precision: str = "auto",
@@ -134,22 +136,37 @@ def predict_planes_2d(
     """Run a 2D model over every slice of each plane.
 
     Returns ``{plane: probs (C, X, Y, Z) float32}``, or with ``labels_only`` ``{plane: argmax
-    (X, Y, Z) uint8}`` (C times less memory). Slices go through in batches of ``batch_size``,
-    zero-padded to multiples of the model's stride, then cropped back.
+    (X, Y, Z) uint8}`` (C times less memory). Slices go through in batches of ``batch_size``.
+    A model that sets ``window_is_canvas`` sees them as it was trained on crops of ``patch``
+    (a, b; required for such models): a slice smaller than the patch centred in a full patch,
+    a larger one by Gaussian-weighted sliding windows of the patch overlapping by ``overlap``.
+    Other models see each whole slice zero-padded (after its end) to multiples of their stride.
     """
     device = resolve_device(device)
     x = _as_channels(image, normalize)
     stride = _model_stride(model, 16)
+    canvas = window_is_canvas(model)
+    if canvas and patch is None:
+        raise ValueError("this 2D model predicts in windows of its training patch: pass patch")
     model.eval().to(device)
     use_cl = channels_last and device.type == "cpu" and _prefers_channels_last(model)
     if use_cl:
         model.to(memory_format=torch.channels_last)
+
+    def predictor(t: torch.Tensor) -> torch.Tensor:
+        if use_cl:
+            t = t.contiguous(memory_format=memory_format_for(4))
+        with autocast(device, precision):
+            logits = model(t)
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        return torch.softmax(logits.float(), 1)
+
     num_classes = int(model.num_classes)
     out: dict[str, np.ndarray] = {}
     for plane in planes:
         slices = to_slices(x, plane)  # (Cin, N, A, B)
         n_slices, a, b = slices.shape[1:]
-        pa, pb = -a % stride, -b % stride
         if labels_only:
             result = np.zeros(x.shape[1:], dtype=np.uint8)
             view = to_slices(result, plane)  # (N, A, B)
@@ -161,15 +178,38 @@ def predict_planes_2d(
                 n1 = min(n0 + batch_size, n_slices)
                 chunk = np.moveaxis(slices[:, n0:n1], 0, 1)  # (b, Cin, A, B)
                 t = torch.from_numpy(np.ascontiguousarray(chunk)).to(device)
-                t = torch.nn.functional.pad(t, (0, pb, 0, pa))
-                if use_cl:
-                    t = t.contiguous(memory_format=memory_format_for(4))
-                with autocast(device, precision):
-                    logits = model(t)
-                logits = logits[..., :a, :b].float()
-                if labels_only:
-                    view[n0:n1] = logits.argmax(1).to(torch.uint8).cpu().numpy()
+                if canvas:
+                    probs = _sliding_window_2d(t, patch, stride, overlap, batch_size, predictor)
                 else:
-                    view[:, n0:n1] = np.moveaxis(torch.softmax(logits, 1).cpu().numpy(), 0, 1)
+                    t = torch.nn.functional.pad(t, (0, -b % stride, 0, -a % stride))
+                    probs = predictor(t)[..., :a, :b]
+                if labels_only:
+                    view[n0:n1] = probs.argmax(1).to(torch.uint8).cpu().numpy()
+                else:
+                    view[:, n0:n1] = np.moveaxis(probs.cpu().numpy(), 0, 1)
         out[plane] = result
     return out
+
+
+def _sliding_window_2d(
+    slices: torch.Tensor,
+    patch: Sequence[int],
+    stride: int | Sequence[int],
+    overlap: float,
+    batch_size: int,
+    predictor,
+) -> torch.Tensor:
+    """Softmax (b, C, A, B) of ``slices`` (b, Cin, A, B) by windows of ``patch`` (rounded up to
+    the stride, never cut to the slice: MONAI centres a smaller slice in the window)."""
+    from monai.inferers import sliding_window_inference
+
+    return sliding_window_inference(
+        slices,
+        roi_size=valid_roi(patch, slices.shape[2:], stride, cap=False),
+        sw_batch_size=batch_size,
+        predictor=predictor,
+        overlap=overlap,
+        mode="gaussian",
+        padding_mode="constant",
+        cval=0.0,
+    )

@@ -131,10 +131,11 @@ def run_meta_stage(
     log_data = {
         "pl_sets": list(sets),
         "cases": dataset.cases("Tr"),
+        "iterations": preset.meta.train.iterations,
         "stage1_iterations": preset.meta.stage1_iterations,
-        "stage2_iterations": preset.meta.stage2_iterations,
         "steps": result.steps,
         "stop_reason": result.stop_reason,
+        "settled_at": result.settled_at,
         "seconds_last_run": seconds,
         "nnfit": result.nnfit.to_dict(),
         "history": result.history,
@@ -145,7 +146,12 @@ def run_meta_stage(
         write_json(stage_dir / "selftrain.json", log_data)
 
     distributed.run_on_main(write)
-    return {"steps": result.steps, "stop_reason": result.stop_reason, "seconds": seconds}
+    return {
+        "steps": result.steps,
+        "stop_reason": result.stop_reason,
+        "settled_at": result.settled_at,
+        "seconds": seconds,
+    }
 
 
 def make_bundle(dataset: Dataset, model_dir: Path, preset) -> Path:

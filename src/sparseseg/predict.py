@@ -5,7 +5,8 @@ channel); run the 2D base model over every slice of the xy, xz and yz
 planes and the 3D base model by sliding window, turning each prediction into hard labels at once
 and adding its one-hot encoding to a running count (uint8, C x X x Y x Z), so at most one
 C-channel float volume is alive at a time; A(Y) = count / 4 (the number of PL sets), by the same
-function as the pseudo-label mean of training (:func:`sparseseg.pseudolabels.mean_of_counts`);
+builder as the pseudo-label mean of training (:class:`sparseseg.pseudolabels.MeanMap`; training
+matches it exactly with ``meta.ay_manual=false``, else the manual labels enter training's A(Y));
 then the meta-model by Gaussian-weighted sliding window on (image, A(Y)). Memory grows with
 the volume's size times a small constant, not with the networks: a 300 x 512 x 512 volume
 with C = 3 and the cpu preset's networks peaked at 3.1 GiB resident (about 43 bytes per voxel,
@@ -136,7 +137,7 @@ class Predictor:
         channels; ``step(name)`` is called after each model run (for progress bars).
         ``probabilities``: True for every part, or the parts whose probabilities to keep."""
         from sparseseg.inference import predict_planes_2d, predict_volume_3d
-        from sparseseg.pseudolabels import add_one_hot, mean_of_counts
+        from sparseseg.pseudolabels import MeanMap
         from sparseseg.runtime import zscore
 
         inf = self.preset.inference
@@ -153,7 +154,7 @@ class Predictor:
             )
         x = zscore(image)
         c = self.num_classes
-        counts = np.zeros((c, *x.shape[-3:]), dtype=np.uint8)
+        ay = MeanMap(c, x.shape[-3:])
         out: dict[str, Prediction] = {}
         common = dict(device=self.device, precision=self.precision)
         runs = runs_needed(parts, self.pl_sets)
@@ -164,13 +165,15 @@ class Predictor:
                 self.model("2d"),
                 x,
                 (plane,),
+                patch=self.preset.train2d.patch,
+                overlap=inf.overlap,
                 batch_size=inf.slice_batch_size,
                 labels_only=not keep_probs,
                 **common,
             )[plane]
             labels = _argmax_uint8(result) if keep_probs else result
             if plane in self.pl_sets:
-                add_one_hot(counts, labels)
+                ay.add(labels)
             if plane in parts:
                 out[plane] = Prediction(labels, result if keep_probs else None)
             del result, labels
@@ -185,7 +188,7 @@ class Predictor:
                 **common,
             )
             labels = _argmax_uint8(probs)
-            add_one_hot(counts, labels)
+            ay.add(labels)
             if "3d" in parts:
                 out["3d"] = Prediction(labels, probs if "3d" in with_probs else None)
             del probs, labels
@@ -194,8 +197,8 @@ class Predictor:
             inputs = np.empty((cin + c, *x.shape[-3:]), dtype=np.float32)
             inputs[:cin] = x.reshape(cin, *x.shape[-3:])
             del x
-            mean_of_counts(counts, len(self.pl_sets), out=inputs[cin:])
-            del counts
+            ay.mean(out=inputs[cin:])
+            del ay
             probs = predict_volume_3d(
                 self.model("meta"),
                 inputs,

@@ -10,6 +10,7 @@ On disk, under ``OUT`` (each file written atomically; rerunning skips what exist
                                            imagesTr/CASE_0000 (hard links or copies of the source
                                            images), labelsTr/CASE (dense labels 0..C-1)
     OUT/mean/CASE.nii.gz                   A(Y): mean of the one-hot PL sets, float32 (X, Y, Z, C)
+                                           (of the raw predictions with ``meta.ay_manual=false``)
     OUT/step2.json                         summary: preset, classes, cases, training histories
     OUT/fingerprint.json                   what OUT was made from (``pseudolabel`` only; see
                                            sparseseg.fingerprint)
@@ -295,12 +296,15 @@ def compute_pseudolabels(
     ignore_index: int | None = None,
     *,
     device: str | None = None,
-) -> dict[str, np.ndarray]:
-    """The PLs of one z-scored image (X, Y, Z) or (C, X, Y, Z): ``{name: uint8 (X, Y, Z)}`` for
-    each name in :func:`pl_sets` of ``preset.planes`` (all four by default).
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The PLs and A(Y) of one z-scored image (X, Y, Z) or (C, X, Y, Z): ``{name: uint8 (X, Y,
+    Z)}`` for each name in :func:`pl_sets` of ``preset.planes`` (all four by default), and A(Y)
+    float32 (C, X, Y, Z).
 
     The 2D model runs over every slice of each of its planes. Where ``manual`` is given and !=
-    ``ignore_index``, the manual label replaces the prediction.
+    ``ignore_index``, the manual label replaces the prediction in every PL, and in A(Y) too with
+    ``preset.meta.ay_manual``; without it A(Y) is built from the raw predictions, as
+    :class:`sparseseg.predict.Predictor` builds it.
     """
     from sparseseg.inference import predict_planes_2d, predict_volume_3d
 
@@ -309,6 +313,8 @@ def compute_pseudolabels(
         model2d,
         image,
         pl_sets(preset.planes)[:-1],
+        patch=preset.train2d.patch,
+        overlap=inf.overlap,
         batch_size=inf.slice_batch_size,
         device=device,
         labels_only=True,
@@ -317,9 +323,12 @@ def compute_pseudolabels(
         model3d, image, inf.patch, inf.overlap, sw_batch_size=inf.sw_batch_size, device=device
     )
     pls["3d"] = probs.argmax(0).astype(np.uint8)
-    if manual is not None:
-        pls = {k: apply_manual(v, manual, ignore_index) for k, v in pls.items()}
-    return pls
+    num_classes = probs.shape[0]
+    del probs
+    if manual is None:
+        return pls, mean_one_hot(pls, num_classes)
+    ay = mean_one_hot(pls, num_classes, manual if preset.meta.ay_manual else None, ignore_index)
+    return {k: apply_manual(v, manual, ignore_index) for k, v in pls.items()}, ay
 
 
 def apply_manual(pl: np.ndarray, manual: np.ndarray, ignore_index: int | None) -> np.ndarray:
@@ -332,25 +341,53 @@ def apply_manual(pl: np.ndarray, manual: np.ndarray, ignore_index: int | None) -
     return out
 
 
-def add_one_hot(counts: np.ndarray, labels: np.ndarray) -> None:
-    """Add the one-hot encoding of ``labels`` (X, Y, Z) to ``counts`` (C, X, Y, Z) in place."""
-    for c in range(counts.shape[0]):
-        counts[c] += labels == c
+class MeanMap:
+    """A(Y), the meta-model's second input, built one PL set at a time: the mean of the sets'
+    one-hot encodings, float32 (C, X, Y, Z) in [0, 1]. Training (:func:`compute_pseudolabels`)
+    and prediction (:class:`sparseseg.predict.Predictor`) both build it here.
+
+    With ``manual`` (X, Y, Z) and its ``ignore_index``, every set counts with the manual label
+    wherever a voxel is annotated (unanimous one-hot there; training with ``meta.ay_manual``);
+    prediction has no manual labels. Counts are uint8 (C, X, Y, Z), so only one label volume
+    needs to be alive at a time.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        shape: Sequence[int],
+        manual: np.ndarray | None = None,
+        ignore_index: int | None = None,
+    ):
+        self.counts = np.zeros((int(num_classes), *shape), dtype=np.uint8)
+        self.sets = 0
+        self.manual, self.ignore_index = manual, ignore_index
+
+    def add(self, labels: np.ndarray) -> None:
+        """Count one PL set's labels (X, Y, Z)."""
+        if self.manual is not None:
+            labels = apply_manual(labels, self.manual, self.ignore_index)
+        for c in range(self.counts.shape[0]):
+            self.counts[c] += labels == c
+        self.sets += 1
+
+    def mean(self, out: np.ndarray | None = None) -> np.ndarray:
+        """counts / sets as float32 (C, X, Y, Z), written into ``out`` when given."""
+        return np.divide(self.counts, np.float32(self.sets), out=out, dtype=np.float32)
 
 
-def mean_of_counts(counts: np.ndarray, n: int, out: np.ndarray | None = None) -> np.ndarray:
-    """A(Y) from the one-hot ``counts`` (C, X, Y, Z) of ``n`` PL sets: counts / n as float32,
-    written into ``out`` (C, X, Y, Z) when given. Training and prediction both build A(Y) here."""
-    return np.divide(counts, np.float32(n), out=out, dtype=np.float32)
-
-
-def mean_one_hot(pls: Mapping[str, np.ndarray] | Sequence[np.ndarray], num_classes: int):
-    """A(Y): the mean of the one-hot encodings of the PLs, float32 (C, X, Y, Z) in [0, 1]."""
+def mean_one_hot(
+    pls: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+    num_classes: int,
+    manual: np.ndarray | None = None,
+    ignore_index: int | None = None,
+) -> np.ndarray:
+    """A(Y) of all ``pls`` at once (see :class:`MeanMap`)."""
     maps = list(pls.values()) if isinstance(pls, Mapping) else list(pls)
-    counts = np.zeros((num_classes, *maps[0].shape), dtype=np.uint8)
+    ay = MeanMap(num_classes, maps[0].shape, manual, ignore_index)
     for pl in maps:
-        add_one_hot(counts, pl)
-    return mean_of_counts(counts, len(maps))
+        ay.add(pl)
+    return ay.mean()
 
 
 def _case_done(out_dir: Path, case: str, ending: str, sets: Sequence[str]) -> bool:
@@ -400,12 +437,11 @@ def generate_pseudolabels(
         bar = progress and distributed.is_main()
         for case in progress_bar(todo, desc="pseudo-labels", enabled=bar, unit="case"):
             image, label = dataset.load_pair(case)
-            pls = compute_pseudolabels(
+            pls, ay = compute_pseudolabels(
                 model2d, model3d, zscore(image.array), preset, label.array, ignore, device=device
             )
             for name, pl in pls.items():
                 write_nifti(pl_path(out_dir, name, case, ending), image.with_array(pl))
-            ay = mean_one_hot(pls, dataset.num_classes)
             write_nifti(mean_path(out_dir, case, ending), np.moveaxis(ay, 0, -1), like=image)
             del image, label, pls, ay  # not held while the next case is read
     distributed.barrier()

@@ -2,9 +2,10 @@
 
 Stage 1 (paper eq. 9): each iteration, each sample's target is one PL set drawn at random.
 Stage 2 (NN-fit): in rounds; at the start of a round the model predicts every training volume and
-each volume's target becomes the PL set with the lowest cross-entropy to that prediction. The
-rounds stop when the share of volumes whose target switched falls under a threshold, or when the
-iteration budget is spent. Which sets are chosen is logged over time.
+each volume's target becomes the PL set with the lowest cross-entropy to that prediction. Once the
+share of volumes whose target switched falls under a threshold the choices are frozen, and
+training goes on with them to the end of the schedule (the learning rate to its poly end). Which
+sets are chosen is logged over time.
 
 The functions at the top are pure (tensors in, tensors out); :func:`train_meta` wires them to the
 shared training loop.
@@ -12,7 +13,6 @@ shared training loop.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +95,7 @@ class NNFitState:
 
     @property
     def done(self) -> bool:
-        return bool(self.rounds) and self.rounds[-1]["switch_share"] < self.threshold
+        return len(self.rounds) > 1 and self.rounds[-1]["switch_share"] < self.threshold
 
     def update(self, ce: torch.Tensor, iteration: int) -> dict:
         """Record a round from (N, K) cross-entropies of every volume to every set."""
@@ -242,8 +242,11 @@ class MetaTrainResult:
     model: torch.nn.Module
     history: list[dict]
     nnfit: NNFitState
-    steps: int
-    stop_reason: str  # 'settled' (switch share under the threshold) or 'budget'
+    steps: int  # the whole schedule, meta.train.iterations
+    # why the NN-fit rounds stopped: 'settled' (switch share under the threshold; the choices were
+    # then kept to the end of the schedule) or 'budget' (the schedule ended first)
+    stop_reason: str
+    settled_at: int | None  # the iteration of the round that settled
 
 
 def train_meta(
@@ -261,20 +264,22 @@ def train_meta(
     """Two-stage self-training of the Y-shaped meta-model (see the module doc).
 
     ``cases``: from :func:`meta_case` (the image channels are the input channels beyond the C of
-    A(Y)). ``preset.meta`` gives the model, the training settings
-    (``train``: batch, patch, lr, poly schedule over both stages), ``stage1_iterations``,
-    ``stage2_iterations``, ``switch_threshold`` and ``nnfit_round_iterations`` (iterations
-    between NN-fit choices; default a fifth of stage 2). One run of the shared training loop
-    covers both stages, so a checkpoint taken in either resumes exactly, NN-fit rounds included.
+    A(Y)). ``preset.meta`` gives the model, the training settings (``train``: batch, patch, lr,
+    ``iterations`` of the whole schedule, poly over both stages), ``stage1_iterations``,
+    ``switch_threshold`` and ``nnfit_round_iterations`` (iterations between NN-fit choices;
+    default a fifth of stage 2). One run of the shared training loop covers both stages, so a
+    checkpoint taken in either resumes exactly, NN-fit rounds and frozen choices included.
     """
+    from sparseseg.config import check_meta_schedule
     from sparseseg.models.meta import build_meta
     from sparseseg.training.loop import fit
     from sparseseg.training.losses import segmentation_loss
 
     mcfg = preset.meta
-    s1, s2 = int(mcfg.stage1_iterations), int(mcfg.stage2_iterations)
-    round_len = int(mcfg.nnfit_round_iterations or max(1, s2 // 5))
-    cfg = dataclasses.replace(mcfg.train, iterations=s1 + s2)
+    check_meta_schedule(mcfg)
+    cfg = mcfg.train
+    s1 = int(mcfg.stage1_iterations)
+    round_len = int(mcfg.nnfit_round_iterations or max(1, (cfg.iterations - s1) // 5))
     ignore = int(num_classes)  # padding only: PL sets are dense
     torch.manual_seed(cfg.seed)  # the initial weights follow the seed, not what ran before
     model = build_meta(mcfg, num_classes, int(cases[0]["image"].shape[0]) - int(num_classes))
@@ -317,7 +322,7 @@ def train_meta(
         if step < s1:
             choice = batch["random"]
         else:
-            if len(nnfit.rounds) < (step - s1) // round_len + 1:
+            if not nnfit.done and len(nnfit.rounds) < (step - s1) // round_len + 1:
                 nnfit_round(net, step)
             choice = torch.tensor(nnfit.choices, dtype=torch.int64)[batch["case"].cpu()]
         target = pick_targets(batch["targets"], choice)
@@ -328,9 +333,6 @@ def train_meta(
             logs[f"pick_{name}"] = float((choice == k).float().mean())
         logs["stage"] = 1.0 if step < s1 else 2.0
         return loss, logs
-
-    def should_stop(steps_done: int, logs: dict) -> bool:
-        return steps_done > s1 and nnfit.done
 
     history = fit(
         model,
@@ -343,8 +345,10 @@ def train_meta(
         progress_desc="meta-model",
         progress=progress,
         extra_state={"nnfit": NNFitCheckpoint(nnfit)},
-        should_stop=should_stop,
     )
     steps = int(history[-1]["step"]) if history else 0
-    reason = "settled" if nnfit.done else "budget"
-    return MetaTrainResult(model, history, nnfit, steps, reason)
+    if nnfit.done:
+        return MetaTrainResult(
+            model, history, nnfit, steps, "settled", nnfit.rounds[-1]["iteration"]
+        )
+    return MetaTrainResult(model, history, nnfit, steps, "budget", None)

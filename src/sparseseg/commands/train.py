@@ -57,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
             return 0
     meta = state["stages"].get("meta", {})
     if meta.get("steps") is not None:
-        print(f"meta-model: {meta['steps']} iterations, NN-fit stopped: {meta['stop_reason']}")
+        settled = meta.get("settled_at")
+        nnfit = (
+            f"NN-fit settled at iteration {settled}, its choices kept from then on"
+            if settled is not None
+            else f"NN-fit stopped: {meta['stop_reason']}"
+        )
+        print(f"meta-model: {meta['steps']} iterations, {nnfit}")
     if "report" in state:
         print(format_report(state["report"]))
     print(f"model bundle: {state['stages']['bundle']['file']}")

@@ -29,8 +29,8 @@ SECONDS_PER_CASE_IO = 0.5  # reading, writing and scoring one case once
 ITERATION_FIELDS = (
     "train2d.iterations",
     "train3d.iterations",
+    "meta.train.iterations",
     "meta.stage1_iterations",
-    "meta.stage2_iterations",
 )
 
 
@@ -205,20 +205,24 @@ def fit_budget(
         )
         for k in SHARES
     }
-    s1 = max(MIN_ITERATIONS // 2, int(round(iters["meta"] * STAGE1_SHARE)))
-    s2 = max(MIN_ITERATIONS // 2, iters["meta"] - s1)
+    meta = preset.meta.train.iterations if "meta.train.iterations" in keep else iters["meta"]
+    s1 = (
+        preset.meta.stage1_iterations
+        if "meta.stage1_iterations" in keep
+        else int(round(meta * STAGE1_SHARE))
+    )
+    if "meta.train.iterations" not in keep:  # NN-fit gets a few steps after stage 1
+        meta = max(meta, s1 + MIN_ITERATIONS // 2)
     values = {
         "train2d.iterations": iters["2d"],
         "train3d.iterations": iters["3d"],
+        "meta.train.iterations": meta,
         "meta.stage1_iterations": s1,
-        "meta.stage2_iterations": s2,
     }
     from sparseseg.config import apply_overrides
 
     chosen = {k: v for k, v in values.items() if k not in keep}
     planned = apply_overrides(preset, chosen) if chosen else preset
-    if "train3d.iterations" in chosen:  # the meta-model's own TrainConfig follows the 3D one
-        planned = apply_overrides(planned, {"meta.train.iterations": s1 + s2})
     record = {
         "budget_seconds": total,
         "probe": {k: float(v) for k, v in measured.items()},
@@ -235,7 +239,7 @@ def describe_budget(record: dict) -> str:
     p = record["probe"]
     it = record["iterations"]
     steps = ", ".join(f"{k} {p[f'{k}_step']:.2f} s" for k in SHARES)
-    labels = dict(zip(ITERATION_FIELDS, ("2D", "3D", "meta stage 1", "meta stage 2"), strict=True))
+    labels = dict(zip(ITERATION_FIELDS, ("2D", "3D", "meta", "meta stage 1"), strict=True))
     bought = ", ".join(f"{labels[k]} {v}" for k, v in it.items()) or "as set"
     reserve = sum(record["reserve_seconds"].values())
     line = (

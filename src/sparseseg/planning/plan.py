@@ -282,8 +282,8 @@ def describe(preset: Preset, fp: dict | None = None) -> list[str]:
         + (f" ({preset.meta.fusion})" if preset.meta.model.arch == "dynunet" else "")
     )
     lines.append(
-        f"iterations: 2D {t2.iterations}, 3D {t3.iterations}, meta "
-        f"{preset.meta.stage1_iterations}+{preset.meta.stage2_iterations}"
+        f"iterations: 2D {t2.iterations}, 3D {t3.iterations}, meta {preset.meta.train.iterations} "
+        f"(NN-fit from {preset.meta.stage1_iterations})"
         + (f" (budget {preset.budget_minutes:g} min)" if preset.budget_minutes > 0 else "")
     )
     return lines

@@ -99,7 +99,6 @@ def fit(
     progress_desc: str = "train",
     progress: bool = True,
     extra_state: dict[str, Stateful] | None = None,
-    should_stop: Callable[[int, dict[str, float]], bool] | None = None,
     iterations: int | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place for ``cfg.iterations`` (or ``iterations``) steps; return history.
@@ -113,7 +112,6 @@ def fit(
     and at the end. With ``resume=True`` an existing checkpoint is continued (a finished one only
     loads the weights); without it any old checkpoint is overwritten. ``extra_state`` objects
     (``state_dict``/``load_state_dict``) are saved and restored with it, e.g. NN-fit's choices.
-    ``should_stop(steps_done, logs)`` ends training early (the checkpoint is then marked done).
 
     History: one dict per ``cfg.log_every`` steps with 'step' (steps done), 'lr', 'loss', 'time'
     (seconds of training so far) and the mean of every numeric value ``loss_fn`` logged.
@@ -156,22 +154,19 @@ def fit(
             run.step += 1
             dt = time.perf_counter() - t0
             run.elapsed += dt
-            stop = should_stop is not None and should_stop(run.step, logs)
             due = run.step < total and (
                 run.step % cfg.checkpoint_every == 0
                 or time.monotonic() - last_save > cfg.checkpoint_seconds
             )
             if world > 1:
-                loss_value, stop, due = _agree(
-                    loss_value, stop, due, world, device, progress_desc, run.step - 1
+                loss_value, due = _agree(
+                    loss_value, due, world, device, progress_desc, run.step - 1
                 )
             values = {"loss": loss_value, **logs}
             run.record(values)
             _show(bar, values, _voxels(batch) * world, dt)
-            if run.step % cfg.log_every == 0 or run.step == total or stop:
+            if run.step % cfg.log_every == 0 or run.step == total:
                 run.log(lr)
-            if stop:
-                break
             if due:
                 snapshot(done=False)
                 last_save = time.monotonic()
@@ -263,18 +258,18 @@ def _update(model: nn.Module, optimizer, scaler, loss: torch.Tensor, grad_clip: 
 
 
 def _agree(
-    loss_value: float, stop: bool, due: bool, world: int, device, desc: str, step: int
-) -> tuple[float, bool, bool]:
-    """Under torchrun: the mean loss over the ``world`` ranks, and stop/save if any rank says so,
-    in one small all-reduce that keeps the ranks' decisions identical; a non-finite loss on any
+    loss_value: float, due: bool, world: int, device, desc: str, step: int
+) -> tuple[float, bool]:
+    """Under torchrun: the mean loss over the ``world`` ranks, and save if any rank says so, in
+    one small all-reduce that keeps the ranks' decisions identical; a non-finite loss on any
     rank (at step index ``step``) raises."""
     finite = math.isfinite(loss_value)
-    total_loss, bad, stops, dues = distributed.all_reduce_sum(
-        [loss_value if finite else 0.0, not finite, stop, due], device
+    total_loss, bad, dues = distributed.all_reduce_sum(
+        [loss_value if finite else 0.0, not finite, due], device
     )
     if bad:
         raise _not_finite(desc, loss_value, step)
-    return total_loss / world, stops > 0, dues > 0
+    return total_loss / world, dues > 0
 
 
 def _show(bar, values: dict[str, Any], voxels: int, seconds: float) -> None:
