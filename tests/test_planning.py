@@ -28,6 +28,18 @@ FEW_STEPS = {
 }
 
 
+# probe numbers for the budget tests: seconds per training step and per inferred voxel
+MEASURED = {
+    "2d_step": 0.1,
+    "3d_step": 0.5,
+    "meta_step": 0.6,
+    "2d_voxel": 1e-7,
+    "3d_voxel": 1e-6,
+    "meta_voxel": 1e-6,
+    "seconds": 20.0,
+}
+
+
 def _fp(shape, spacing, cases=4):
     ratio = max(spacing) / min(spacing)
     return {
@@ -169,15 +181,7 @@ def test_plan_json_round_trips_and_overrides_win(tmp_path):
 def test_budget_turns_minutes_into_iterations():
     plan = make_plan(_fp((36, 50, 35), (1.0, 1.0, 1.0), cases=10))
     plan = dataclasses.replace(plan, budget_minutes=10.0)
-    measured = {
-        "2d_step": 0.1,
-        "3d_step": 0.5,
-        "meta_step": 0.6,
-        "2d_voxel": 1e-7,
-        "3d_voxel": 1e-6,
-        "meta_voxel": 1e-6,
-        "seconds": 20.0,
-    }
+    measured = dict(MEASURED)
     reserve = inference_seconds(plan, _fp((36, 50, 35), (1, 1, 1), cases=10), measured)
     assert set(reserve) == {"pseudolabels", "nnfit", "test", "io"}
     fitted, record = fit_budget(plan, _fp((36, 50, 35), (1, 1, 1), cases=10), measured)
@@ -249,15 +253,7 @@ def test_a_full_supervision_budget_goes_to_the_3d_model_alone():
     plan = dataclasses.replace(
         make_plan(_fp((36, 50, 35), (1.0, 1.0, 1.0), cases=10)), budget_minutes=10.0
     )
-    measured = {
-        "2d_step": 0.1,
-        "3d_step": 0.5,
-        "meta_step": 0.6,
-        "2d_voxel": 1e-7,
-        "3d_voxel": 1e-6,
-        "meta_voxel": 1e-6,
-        "seconds": 20.0,
-    }
+    measured = dict(MEASURED)
     fp = {**_fp((36, 50, 35), (1, 1, 1), cases=10), "test_cases": 5}
     reserve = inference_seconds(plan, fp, measured, ("3d",))
     assert set(reserve) == {"test", "io"}  # no pseudo-labels, no NN-fit

@@ -124,128 +124,40 @@ def sparse_run(
     device: str | None,
     progress: bool,
     log: Callable[[str], None],
+    first_dir: Path | None = None,
 ) -> dict:
     """Select, train and score one (strategy, budget, seed); return its rows.
 
     ``ra`` slice features are kept in ``feature_cache`` and shared by runs of the same seed.
+    ``rounds``: the second annotation round after the finished run ``first_dir`` (its sparse
+    dataset and model), up to the slice count of one-shot ``s_budget``.
     """
     from sparseseg import api
 
-    def select(out: Path) -> None:
-        api.select(
-            dataset.root,
-            budget,
-            out,
-            strategy=strategy,
-            planes=planes,
-            extractor=extractor,
-            seed=seed,
-            device=device,
-            simulate_from_labels=True,
-            progress=progress,
-            feature_cache=feature_cache,
-        )
-
-    cost = _selection(run_dir / "selection", select)
-    return _train_and_score(
-        dataset, run_dir, strategy, budget, seed, preset, overrides, cost,
-        resume=resume, device=device, progress=progress, log=log,
-    )  # fmt: skip
-
-
-def second_round_total(first: dict, budget: float) -> int:
-    """New slices that bring a first round's selection (a selection.json dict) up to what
-    one-shot ``s_budget`` annotates: sum over volumes and planes of K(N, budget) minus the
-    slices already chosen."""
-    from sparseseg.selection.strategies import budget_count
-
-    planes = [c for case in first["cases"].values() for c in case["planes"].values()]
-    target = sum(budget_count(c["num_slices"], budget) for c in planes)
-    return target - sum(c["count"] for c in planes)
-
-
-def rounds_run(
-    dataset: Dataset,
-    run_dir: Path,
-    first_dir: Path,
-    budget: float,
-    seed: int,
-    preset: str,
-    overrides: dict,
-    *,
-    planes: str,
-    extractor: str,
-    feature_cache: Path,
-    resume: bool,
-    device: str | None,
-    progress: bool,
-    log: Callable[[str], None],
-) -> dict:
-    """The second annotation round after the finished run ``first_dir`` (its sparse dataset
-    and model), up to the slice count of one-shot ``s_budget``; train and score as
-    :func:`sparse_run`."""
-    from sparseseg import api
-
-    first = json.loads((first_dir / "selection" / "selection.json").read_text())
-    total = second_round_total(first, budget)
-    if total < 1:
-        raise InputError(
-            f"s{budget:g} annotates no more slices than the first round ({first_dir.name})"
-        )
-
-    def select(out: Path) -> None:
-        api.select(
-            first_dir / "selection" / "dataset",
-            None,
-            out,
-            planes=planes,
-            extractor=extractor,
-            seed=seed,
-            device=device,
-            simulate_from_labels=True,
-            progress=progress,
-            feature_cache=feature_cache,
-            model=first_dir / "model",
-            total_slices=total,
-            dense_labels=dataset.root,
-        )
-
-    cost = _selection(run_dir / "selection", select)
-    return _train_and_score(
-        dataset, run_dir, "rounds", budget, seed, preset, overrides, cost,
-        resume=resume, device=device, progress=progress, log=log,
-    )  # fmt: skip
-
-
-def _selection(selection_dir: Path, select: Callable[[Path], None]) -> dict:
-    """Run ``select(selection_dir)`` unless its simulated dataset is complete; the annotation
-    cost of its labels (all rounds' slices), as its dataset.json records it."""
-    meta = selection_dir / "dataset" / "dataset.json"
-    if not meta.exists():
-        if selection_dir.exists():
-            shutil.rmtree(selection_dir)  # an interrupted selection is cheap to redo
-        select(selection_dir)
-    return json.loads(meta.read_text())["sparse_annotation"]
-
-
-def _train_and_score(
-    dataset: Dataset,
-    run_dir: Path,
-    strategy: str,
-    budget: float,
-    seed: int,
-    preset: str,
-    overrides: dict,
-    cost: dict,
-    *,
-    resume: bool,
-    device: str | None,
-    progress: bool,
-    log: Callable[[str], None],
-) -> dict:
-    """Train Steps II and III on ``run_dir/selection/dataset``; the rows of every part."""
-    from sparseseg import api
-
+    options = {
+        "planes": planes,
+        "extractor": extractor,
+        "seed": seed,
+        "device": device,
+        "simulate_from_labels": True,
+        "progress": progress,
+        "feature_cache": feature_cache,
+    }
+    if strategy == "rounds":
+        first = json.loads((first_dir / "selection" / "selection.json").read_text())
+        total = second_round_total(first, budget)
+        if total < 1:
+            raise InputError(
+                f"s{budget:g} annotates no more slices than the first round ({first_dir.name})"
+            )
+        source, budget_arg = first_dir / "selection" / "dataset", None
+        options.update(model=first_dir / "model", total_slices=total, dense_labels=dataset.root)
+    else:
+        source, budget_arg = dataset.root, budget
+        options.update(strategy=strategy)
+    cost = _selection(
+        run_dir / "selection", lambda out: api.select(source, budget_arg, out, **options)
+    )
     t0 = time.perf_counter()
     state = api.train(
         run_dir / "selection" / "dataset",
@@ -277,6 +189,28 @@ def _train_and_score(
         case_rows += c
     log(f"{run_dir.name}: " + ", ".join(_headline(rows, p) for p in ("meta", "3d")))
     return {"rows": rows, "cases": case_rows}
+
+
+def second_round_total(first: dict, budget: float) -> int:
+    """New slices that bring a first round's selection (a selection.json dict) up to what
+    one-shot ``s_budget`` annotates: sum over volumes and planes of K(N, budget) minus the
+    slices already chosen."""
+    from sparseseg.selection.strategies import budget_count
+
+    planes = [c for case in first["cases"].values() for c in case["planes"].values()]
+    target = sum(budget_count(c["num_slices"], budget) for c in planes)
+    return target - sum(c["count"] for c in planes)
+
+
+def _selection(selection_dir: Path, select: Callable[[Path], object]) -> dict:
+    """Run ``select(selection_dir)`` unless its simulated dataset is complete; the annotation
+    cost of its labels (all rounds' slices), as its dataset.json records it."""
+    meta = selection_dir / "dataset" / "dataset.json"
+    if not meta.exists():
+        if selection_dir.exists():
+            shutil.rmtree(selection_dir)  # an interrupted selection is cheap to redo
+        select(selection_dir)
+    return json.loads(meta.read_text())["sparse_annotation"]
 
 
 def full_run(
@@ -544,11 +478,8 @@ def run_experiment(
                     if any(job[0] == name for job in jobs):
                         continue
                     run = {"strategy": st, "budget": b, "seed": seed}
-                    if st == "rounds":
-                        first_dir = work / "runs" / run_name("ra", 2 * b, seed)
-                        job = partial(rounds_run, dataset, first_dir=first_dir, budget=b)
-                    else:
-                        job = partial(sparse_run, dataset, strategy=st, budget=b)
+                    first = work / "runs" / run_name("ra", 2 * b, seed) if st == "rounds" else None
+                    job = partial(sparse_run, dataset, strategy=st, budget=b, first_dir=first)
                     settings = {**seeded, **run, "planes": planes, "extractor": extractor}
                     jobs.append((name, settings, partial(job, seed=seed, **options)))
     if not jobs:

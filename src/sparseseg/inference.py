@@ -83,8 +83,6 @@ def predict_volume_3d(
     by ``overlap``; MONAI's
     ``sliding_window_inference`` averages the windows' softmax outputs with Gaussian weights.
     """
-    from monai.inferers import sliding_window_inference
-
     device = resolve_device(device)
     x = torch.from_numpy(_as_channels(image, normalize))[None]
     roi = valid_roi(patch, x.shape[2:], _model_stride(model, 4), not window_is_canvas(model))
@@ -103,20 +101,29 @@ def predict_volume_3d(
         return torch.softmax(logits.float(), dim=1)
 
     with torch.inference_mode():
-        probs = sliding_window_inference(
-            x,
-            roi_size=roi,
-            sw_batch_size=sw_batch_size,
-            predictor=predictor,
-            overlap=overlap,
-            mode="gaussian",
-            padding_mode="constant",
-            cval=0.0,
-            sw_device=device,
-            device=torch.device("cpu"),
-            progress=progress,
-        )
+        probs = _gaussian_windows(
+            x, roi, sw_batch_size, predictor, overlap,
+            sw_device=device, device=torch.device("cpu"), progress=progress,
+        )  # fmt: skip
     return probs[0].float().numpy()
+
+
+def _gaussian_windows(x: torch.Tensor, roi, batch_size: int, predictor, overlap: float, **kw):
+    """MONAI's sliding window over ``x`` (B, C, *spatial): windows of ``roi`` overlapping by
+    ``overlap``, Gaussian-weighted, zero padding."""
+    from monai.inferers import sliding_window_inference
+
+    return sliding_window_inference(
+        x,
+        roi_size=roi,
+        sw_batch_size=batch_size,
+        predictor=predictor,
+        overlap=overlap,
+        mode="gaussian",
+        padding_mode="constant",
+        cval=0.0,
+        **kw,
+    )
 
 
 def predict_planes_2d(
@@ -201,15 +208,5 @@ def _sliding_window_2d(
 ) -> torch.Tensor:
     """Softmax (b, C, A, B) of ``slices`` (b, Cin, A, B) by windows of ``patch`` (rounded up to
     the stride, never cut to the slice: MONAI centres a smaller slice in the window)."""
-    from monai.inferers import sliding_window_inference
-
-    return sliding_window_inference(
-        slices,
-        roi_size=valid_roi(patch, slices.shape[2:], stride, cap=False),
-        sw_batch_size=batch_size,
-        predictor=predictor,
-        overlap=overlap,
-        mode="gaussian",
-        padding_mode="constant",
-        cval=0.0,
-    )
+    roi = valid_roi(patch, slices.shape[2:], stride, cap=False)
+    return _gaussian_windows(slices, roi, batch_size, predictor, overlap)
