@@ -57,7 +57,9 @@ def normalise_volume(array: np.ndarray) -> np.ndarray:
         lo, hi = float(array.min()), float(array.max())
     if hi <= lo:
         return np.zeros_like(array)
-    return np.clip((array - lo) / (hi - lo), 0.0, 1.0)
+    out = array - lo
+    out /= hi - lo
+    return np.clip(out, 0.0, 1.0, out=out)  # one volume-sized temporary, not three
 
 
 def resize_slices(slices: np.ndarray, size: int):
