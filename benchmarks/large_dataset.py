@@ -1,9 +1,13 @@
-"""Peak resident memory of ``train`` and ``predict`` on a dataset larger than memory.
+"""Peak resident memory of ``select``, ``train`` and ``predict`` on a dataset larger than memory.
 
 Generates ``--cases`` synthetic volumes of ``--size``^3 voxels (uint8 images, sparse uint8 labels,
 uncompressed NIfTI, written one case at a time), then runs in child processes, each measured by
 its own peak resident set (VmHWM of /proc/PID/status, read by the child at exit):
 
+* with ``--select`` (or ``--select-only``), first ``select`` (representative, the VGG-19
+  auto-encoder's features; its trunk keeps its random initialisation where no ImageNet weights
+  are installed, which costs the same memory) with ``--select-steps`` auto-encoder steps and
+  ``--select-image-size`` (default: the automatic size, 128 px for 256^3);
 * ``train`` (the whole pipeline) with a tiny schedule: few iterations, small patches, tiny
   widths (the point is memory, not quality); with ``--base-only`` only the store build and the
   two base models of Step II (:func:`sparseseg.pseudolabels.train_base_models`), which read every
@@ -17,8 +21,10 @@ Prints a table against the size of the training images as float32. Example (the 
     PYTHONPATH=src OMP_NUM_THREADS=2 python benchmarks/large_dataset.py --root /tmp/large \\
         --cases 60 --size 256 --test-cases 2
 
-The data (~2 GB) and the model folder's cache (~1.6 GB per 10 cases of 256^3) are deleted at the
-end unless ``--keep``.
+The data (~2 GB for 60 cases) and the model folder are deleted at the end unless ``--keep``. The
+model folder holds ~7 GB per 10 cases of 256^3 at its largest, before its case stores are
+deleted (train store 0.9, meta-model store 3.1, pseudo-labels and A(Y) as uncompressed NIfTI
+2.5): 42 GB in all for 60 cases with the data.
 """
 
 from __future__ import annotations
@@ -147,6 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bundle-cases", type=int, default=3)
     ap.add_argument("--bundle-size", type=int, default=64)
     ap.add_argument("--no-predict", action="store_true", help="measure train only")
+    ap.add_argument("--select", action="store_true", help="also measure select (first)")
+    ap.add_argument("--select-only", action="store_true", help="measure select only")
+    ap.add_argument("--select-steps", type=int, default=20, help="auto-encoder steps")
+    ap.add_argument("--select-image-size", type=int, default=None, help="VGG input size (px)")
     ap.add_argument("--keep", action="store_true", help="keep the data and model folders")
     a = ap.parse_args(argv)
 
@@ -167,6 +177,14 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         cpu = ["--device", "cpu", "--quiet"]
+        if a.select or a.select_only:
+            args = ["select", str(data), "--budget", "10", "--out", str(root / "sel")]
+            args += ["--steps", str(a.select_steps), *cpu]
+            if a.select_image_size is not None:
+                args += ["--image-size", str(a.select_image_size)]
+            rows.append(("select (ra, VGG-19 auto-encoder)", a.cases, measured("cli", args, root)))
+            if a.select_only:
+                return report(rows, image_bytes)
         if a.base_only:
             r = measured("base", [str(data), str(root / "base"), TINY], root)
             rows.append(("Step II base models (store + 2D + 3D)", a.cases, r))

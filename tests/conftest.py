@@ -25,3 +25,38 @@ def hippocampus_dir() -> Path:
 @pytest.fixture
 def isbi_dir() -> Path:
     return shared_data("isbi2012_em")
+
+
+class Loads:
+    """Arrays handed out by a loader: how many in all (``count``), most alive at once."""
+
+    def __init__(self):
+        self.live = self.most = self.count = 0
+
+    def track(self, array):
+        import weakref
+
+        self.live += 1
+        self.count += 1
+        self.most = max(self.most, self.live)
+        weakref.finalize(array, self._freed)
+        return array
+
+    def _freed(self) -> None:
+        self.live -= 1
+
+
+@pytest.fixture
+def image_loads(monkeypatch) -> Loads:
+    """Counts the images ``Dataset.load_image`` reads and how many are alive at once."""
+    from sparseseg.data.layout import Dataset
+
+    loads, real = Loads(), Dataset.load_image
+
+    def load_image(self, case, split="Tr"):
+        image = real(self, case, split)
+        loads.track(image.array)
+        return image
+
+    monkeypatch.setattr(Dataset, "load_image", load_image)
+    return loads

@@ -19,6 +19,7 @@ from sparseseg.pseudolabels import (
     pl_path,
     pl_sets,
     read_mean_map,
+    read_meta_case,
     read_pseudolabels,
     run_step2,
 )
@@ -99,6 +100,11 @@ def test_step2_writes_four_pl_sets_that_keep_manual_labels(tmp_path):
         assert ay.shape == (2, *image.shape)
         np.testing.assert_allclose(ay.sum(0), 1.0, atol=1e-6)
         np.testing.assert_allclose(ay, mean_one_hot(pls, 2))
+        # The meta-model's sample: the image and A(Y) as channels, the PL sets as targets.
+        sample = read_meta_case(out, case, PL_SETS, image.array)
+        assert sample["image"].dtype == np.float32 and sample["targets"].dtype == np.uint8
+        np.testing.assert_array_equal(sample["image"], np.concatenate([image.array[None], ay]))
+        np.testing.assert_array_equal(sample["targets"], np.stack([pls[n] for n in PL_SETS]))
         np.testing.assert_allclose(nib.load(mean_path(out, case)).affine, image.affine)
     for name in PL_SETS:  # each PL set is a dataset nnU-Net (and we) can open as it is
         pl_data = Dataset.open(pl_dir(out, name))

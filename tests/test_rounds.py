@@ -224,6 +224,24 @@ def test_next_round_end_to_end(round_one, tmp_path):
     assert third["round"] == 3 and third["cost"]["slices"] == 5
 
 
+def test_next_round_reads_one_image_at_a_time(round_one, image_loads):
+    from sparseseg.predict import Predictor
+    from sparseseg.selection.next_round import model_uncertainty, select_next_round
+
+    _, sparse, model = round_one
+    kw = dict(budget=6, extractor="intensity", device="cpu")
+    got = select_next_round(sparse, model, **kw)
+    assert image_loads.most == 1 and image_loads.count == 2 * 2  # uncertainty, then features
+    ds = Dataset.open(sparse)
+    names = ds.cases("Tr")
+    images = [ds.load_image(c).array for c in names]
+    labels = [ds.load_label(c).array for c in names]
+    predictor = Predictor(model, device="cpu")
+    maps = [model_uncertainty(predictor, a) for a in images]
+    want = select_round_volumes(images, labels, names, maps, ds.ignore_value, **kw)
+    assert got.to_json()["cases"] == want.to_json()["cases"]
+
+
 def test_round_errors_exit_2(round_one, tmp_path, capsys):
     dense, sparse, model = round_one
     capsys.readouterr()

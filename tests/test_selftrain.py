@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from sparseseg.selftrain import (
     pick_targets,
     random_sets,
     switch_share,
+    volume_ce,
 )
 
 
@@ -30,6 +32,17 @@ def test_ce_per_set_matches_hand_computed_value():
     assert ce.shape == (1, 2)
     assert ce[0, 0].item() == pytest.approx(math.log(4.0), rel=1e-5)
     assert ce[0, 1].item() == pytest.approx(math.log(4.0 / 3.0), rel=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(7, 5, 3), (40, 37, 29), (64, 32, 16)])
+def test_blockwise_volume_ce_is_ce_per_set_bit_for_bit(shape):
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(3, *shape, generator=g), 0).numpy()
+    logp = torch.from_numpy(np.log(np.clip(probs, 1e-8, None)))[None]  # as NN-fit passes them
+    target = torch.randint(0, 3, shape, generator=g)
+    want = ce_per_set(logp, target[None, None])[0]
+    for block in (16, 64, 1024, 1 << 20):
+        assert torch.equal(volume_ce(logp, target.numpy().astype(np.uint8), block), want)
 
 
 def test_nn_fit_picks_the_set_closest_to_the_output():

@@ -126,6 +126,14 @@ def _gaussian_windows(x: torch.Tensor, roi, batch_size: int, predictor, overlap:
     )
 
 
+def argmax_uint8(probs: np.ndarray, chunk: int = 8) -> np.ndarray:
+    """(C, X, Y, Z) -> (X, Y, Z) uint8 argmax, computed in slabs to avoid an int64 volume."""
+    out = np.empty(probs.shape[1:], dtype=np.uint8)
+    for x0 in range(0, probs.shape[1], chunk):
+        out[x0 : x0 + chunk] = probs[:, x0 : x0 + chunk].argmax(0)
+    return out
+
+
 def predict_planes_2d(
     model: nn.Module,
     image: np.ndarray,

@@ -69,14 +69,6 @@ def parse_parts(text: str | Sequence[str], all_parts: Sequence[str] = PARTS) -> 
     return tuple(p for p in PARTS if p in items)
 
 
-def _argmax_uint8(probs: np.ndarray, chunk: int = 8) -> np.ndarray:
-    """(C, X, Y, Z) -> (X, Y, Z) uint8 argmax, computed in slabs to avoid an int64 volume."""
-    out = np.empty(probs.shape[1:], dtype=np.uint8)
-    for x0 in range(0, probs.shape[1], chunk):
-        out[x0 : x0 + chunk] = probs[:, x0 : x0 + chunk].argmax(0)
-    return out
-
-
 def runs_needed(parts: Sequence[str], pl_sets: Sequence[str] = PL_SETS) -> tuple[str, ...]:
     """The model runs that ``parts`` need, in order: planes of the 2D model, '3d', 'meta'
     (which needs every PL set of ``pl_sets``)."""
@@ -136,7 +128,7 @@ class Predictor:
         """Predict ``parts`` for one raw image (X, Y, Z), or (C, X, Y, Z) with the model's C
         channels; ``step(name)`` is called after each model run (for progress bars).
         ``probabilities``: True for every part, or the parts whose probabilities to keep."""
-        from sparseseg.inference import predict_planes_2d, predict_volume_3d
+        from sparseseg.inference import argmax_uint8, predict_planes_2d, predict_volume_3d
         from sparseseg.pseudolabels import MeanMap
         from sparseseg.runtime import zscore
 
@@ -171,7 +163,7 @@ class Predictor:
                 labels_only=not keep_probs,
                 **common,
             )[plane]
-            labels = _argmax_uint8(result) if keep_probs else result
+            labels = argmax_uint8(result) if keep_probs else result
             if plane in self.pl_sets:
                 ay.add(labels)
             if plane in parts:
@@ -187,7 +179,7 @@ class Predictor:
                 sw_batch_size=inf.sw_batch_size,
                 **common,
             )
-            labels = _argmax_uint8(probs)
+            labels = argmax_uint8(probs)
             ay.add(labels)
             if "3d" in parts:
                 out["3d"] = Prediction(labels, probs if "3d" in with_probs else None)
@@ -208,7 +200,7 @@ class Predictor:
                 **common,
             )
             del inputs
-            out["meta"] = Prediction(_argmax_uint8(probs), probs if "meta" in with_probs else None)
+            out["meta"] = Prediction(argmax_uint8(probs), probs if "meta" in with_probs else None)
             del probs
             tick("meta")
         return {p: out[p] for p in PARTS if p in out}

@@ -306,7 +306,7 @@ def compute_pseudolabels(
     ``preset.meta.ay_manual``; without it A(Y) is built from the raw predictions, as
     :class:`sparseseg.predict.Predictor` builds it.
     """
-    from sparseseg.inference import predict_planes_2d, predict_volume_3d
+    from sparseseg.inference import argmax_uint8, predict_planes_2d, predict_volume_3d
 
     inf = preset.inference
     pls = predict_planes_2d(
@@ -322,9 +322,9 @@ def compute_pseudolabels(
     probs = predict_volume_3d(
         model3d, image, inf.patch, inf.overlap, sw_batch_size=inf.sw_batch_size, device=device
     )
-    pls["3d"] = probs.argmax(0).astype(np.uint8)
+    pls["3d"] = argmax_uint8(probs)
     num_classes = probs.shape[0]
-    del probs
+    del probs  # (C, X, Y, Z) float32: not held while the manual labels are applied
     if manual is None:
         return pls, mean_one_hot(pls, num_classes)
     ay = mean_one_hot(pls, num_classes, manual if preset.meta.ay_manual else None, ignore_index)
@@ -437,8 +437,9 @@ def generate_pseudolabels(
         bar = progress and distributed.is_main()
         for case in progress_bar(todo, desc="pseudo-labels", enabled=bar, unit="case"):
             image, label = dataset.load_pair(case)
+            image = image.with_array(zscore(image.array))  # the raw array is not kept
             pls, ay = compute_pseudolabels(
-                model2d, model3d, zscore(image.array), preset, label.array, ignore, device=device
+                model2d, model3d, image.array, preset, label.array, ignore, device=device
             )
             for name, pl in pls.items():
                 write_nifti(pl_path(out_dir, name, case, ending), image.with_array(pl))
@@ -544,41 +545,63 @@ def read_pseudolabels(
     out_dir: str | Path, case: str, sets: Sequence[str] = PL_SETS
 ) -> dict[str, np.ndarray]:
     """``{name: uint8 (X, Y, Z)}`` of one case from OUT, for each PL set in ``sets``."""
-    out = {}
-    for name in sets:
-        path = pl_path(out_dir, name, case)
-        if not path.exists():
-            path = pl_path(out_dir, name, case, ".nii")
-        out[name] = read_nifti(path, dtype=np.uint8).array
-    return out
+    return {name: read_pseudolabel(out_dir, name, case) for name in sets}
+
+
+def read_pseudolabel(out_dir: str | Path, pl_set: str, case: str) -> np.ndarray:
+    """One PL set of one case from OUT, uint8 (X, Y, Z)."""
+    path = pl_path(out_dir, pl_set, case)
+    if not path.exists():
+        path = pl_path(out_dir, pl_set, case, ".nii")
+    return read_nifti(path, dtype=np.uint8).array
 
 
 def read_meta_case(
     out_dir: str | Path, case: str, sets: Sequence[str], image: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """The meta-model's sample of one case (:func:`sparseseg.selftrain.meta_case`): its
-    z-scored ``image`` with A(Y) and the PL ``sets`` read from OUT."""
-    from sparseseg.selftrain import meta_case
+    """The meta-model's sample of one case: ``{'image': float32 (Cin + C, X, Y, Z), 'targets':
+    uint8 (K, X, Y, Z)}``, its z-scored ``image`` (X, Y, Z) or (Cin, X, Y, Z) with A(Y), and the
+    K PL ``sets`` read from OUT.
 
-    pls = read_pseudolabels(out_dir, case, sets)
-    return meta_case(image, read_mean_map(out_dir, case), [pls[n] for n in sets])
+    Built in place: the two arrays are allocated once and filled with one A(Y) channel or one
+    PL set at a time, so reading a case takes little more memory than the sample itself."""
+    image = np.asarray(image, np.float32)
+    image = image if image.ndim == 4 else image[None]
+    cin, shape = image.shape[0], image.shape[1:]
+    channels = _mean_map_image(out_dir, case).shape[3]
+    x = np.empty((cin + channels, *shape), np.float32)
+    x[:cin] = image
+    read_mean_map(out_dir, case, out=x[cin:])
+    targets = np.empty((len(sets), *shape), np.uint8)
+    for k, name in enumerate(sets):
+        targets[k] = read_pseudolabel(out_dir, name, case)
+    return {"image": x, "targets": targets}
 
 
-def read_mean_map(out_dir: str | Path, case: str) -> np.ndarray:
+def read_mean_map(out_dir: str | Path, case: str, out: np.ndarray | None = None) -> np.ndarray:
     """A(Y) of one case as float32 (C, X, Y, Z) in canonical orientation (stored as (X, Y, Z, C)
-    in the source orientation)."""
-    import nibabel as nib
-
+    in the source orientation), read one channel at a time into ``out`` when given."""
     from sparseseg.data.orientation import to_canonical
+
+    img = _mean_map_image(out_dir, case)
+    for c in range(img.shape[3]):
+        data, _, _ = to_canonical(np.asarray(img.dataobj[..., c], dtype=np.float32), img.affine)
+        if out is None:
+            out = np.empty((img.shape[3], *data.shape), np.float32)
+        out[c] = data
+    return out
+
+
+def _mean_map_image(out_dir: str | Path, case: str):
+    """The A(Y) NIfTI of a case (nibabel image, data not read)."""
+    import nibabel as nib
 
     path = mean_path(out_dir, case)
     if not path.exists():
         path = mean_path(out_dir, case, ".nii")
     if not path.exists():
         raise InputError("mean pseudo-label map not found", path)
-    img = nib.load(str(path))
-    data, _, _ = to_canonical(np.asarray(img.dataobj, dtype=np.float32), img.affine)
-    return np.ascontiguousarray(np.moveaxis(data, -1, 0))
+    return nib.load(str(path))
 
 
 def remove_cache(folder: str | Path) -> None:

@@ -137,19 +137,6 @@ class NNFitCheckpoint:
         self.state.rounds = restored.rounds
 
 
-def meta_case(image: np.ndarray, mean_map: np.ndarray, pls: Sequence[np.ndarray]) -> dict:
-    """One training sample of the meta-model.
-
-    image: z-scored (X, Y, Z) or (Cin, X, Y, Z); mean_map: A(Y) (C, X, Y, Z); pls: the K PL
-    sets (X, Y, Z) each. Returns {'image': float32 (Cin + C, X, Y, Z), 'targets': uint8
-    (K, X, Y, Z)}.
-    """
-    image = np.asarray(image, np.float32)
-    image = image if image.ndim == 4 else image[None]
-    x = np.concatenate([image, np.asarray(mean_map, np.float32)])
-    return {"image": np.ascontiguousarray(x), "targets": np.stack(pls).astype(np.uint8)}
-
-
 class MetaSampler:
     """``sampler(step) -> batch`` for the meta-model: a pure function of ``(seed, step)``.
 
@@ -208,12 +195,18 @@ class MetaSampler:
         }
 
 
+CE_BLOCK = 1 << 20  # voxels per block of whole_volume_ce (a multiple of any SIMD width)
+
+
 def whole_volume_ce(
     model: torch.nn.Module, case: dict, inference, *, device=None, precision: str = "auto"
 ) -> torch.Tensor:
     """(K,) mean cross-entropy of the model's whole-volume prediction to each PL set of a case.
 
     ``inference`` is an :class:`sparseseg.config.InferenceConfig` (sliding-window settings).
+    The same numbers as :func:`ce_per_set` on the whole volume, computed in blocks of voxels:
+    one (C, X, Y, Z) float32 volume and one (X, Y, Z) of losses at a time, not K int64 targets,
+    a log-softmax copy and their gathers (tests/test_selftrain.py checks the equality).
     """
     from sparseseg.inference import predict_volume_3d
 
@@ -228,13 +221,23 @@ def whole_volume_ce(
     )
     np.log(np.clip(probs, 1e-8, None, out=probs), out=probs)  # in place: one (C, *S) volume
     logp = torch.from_numpy(probs)[None]
-    targets = case["targets"]  # one set at a time: K int64 volumes at once would be 8 K bytes/voxel
-    return torch.cat(
-        [
-            ce_per_set(logp, torch.from_numpy(targets[k : k + 1].astype(np.int64))[None])[0]
-            for k in range(targets.shape[0])
-        ]
-    )
+    # Each set read through a mapping of its own: the pages of one (X, Y, Z) uint8 set at a time.
+    return torch.cat([volume_ce(logp, case["targets"][k]) for k in range(len(case["targets"]))])
+
+
+def volume_ce(logits: torch.Tensor, target: np.ndarray, block: int = CE_BLOCK) -> torch.Tensor:
+    """(1,) :func:`ce_per_set` of ``logits`` (1, C, *S) to one ``target`` (*S) of integer labels,
+    in blocks of ``block`` voxels (the log-softmax of a block of a multiple of the SIMD width is
+    that of the whole, voxel for voxel; the mean is taken over all voxels at once)."""
+    flat = logits.reshape(1, logits.shape[1], -1)
+    labels = np.asarray(target).reshape(-1)
+    nll = torch.empty((1, 1, flat.shape[2]), dtype=torch.float32)
+    for a in range(0, flat.shape[2], block):
+        t = torch.from_numpy(labels[a : a + block].astype(np.int64))[None, None]
+        nll[:, :, a : a + block] = -torch.gather(
+            F.log_softmax(flat[:, :, a : a + block].float(), dim=1), 1, t
+        )
+    return nll.reshape(1, 1, *logits.shape[2:]).mean(dim=tuple(range(2, logits.ndim)))[0]
 
 
 @dataclass
@@ -263,12 +266,14 @@ def train_meta(
 ) -> MetaTrainResult:
     """Two-stage self-training of the Y-shaped meta-model (see the module doc).
 
-    ``cases``: from :func:`meta_case` (the image channels are the input channels beyond the C of
-    A(Y)). ``preset.meta`` gives the model, the training settings (``train``: batch, patch, lr,
-    ``iterations`` of the whole schedule, poly over both stages), ``stage1_iterations``,
-    ``switch_threshold`` and ``nnfit_round_iterations`` (iterations between NN-fit choices;
-    default a fifth of stage 2). One run of the shared training loop covers both stages, so a
-    checkpoint taken in either resumes exactly, NN-fit rounds and frozen choices included.
+    ``cases``: from :func:`sparseseg.pseudolabels.read_meta_case`, ``{'image': float32
+    (Cin + C, X, Y, Z), 'targets': uint8 (K, X, Y, Z)}`` (the image channels are the input
+    channels beyond the C of A(Y)). ``preset.meta`` gives the model, the training settings
+    (``train``: batch, patch, lr, ``iterations`` of the whole schedule, poly over both stages),
+    ``stage1_iterations``, ``switch_threshold`` and ``nnfit_round_iterations`` (iterations
+    between NN-fit choices; default a fifth of stage 2). One run of the shared training loop
+    covers both stages, so a checkpoint taken in either resumes exactly, NN-fit rounds and
+    frozen choices included.
     """
     from sparseseg.config import check_meta_schedule
     from sparseseg.models.meta import build_meta

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparseseg.selection.rowfile import RowFile
 from sparseseg.selection.vgg import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -24,6 +25,8 @@ from sparseseg.selection.vgg import (
     TRUNK_STRIDE,
     vgg19_features,
 )
+
+NORMALISER_CHANNELS = 64  # channels per block of fit_normaliser (a multiple of the SIMD width)
 
 
 @contextlib.contextmanager
@@ -105,11 +108,16 @@ class SliceAutoEncoder(nn.Module):
         return torch.cat(out)
 
     @torch.no_grad()
-    def fit_normaliser(self, trunk_out: torch.Tensor) -> None:
-        """Set per-channel mean and std of the trunk output (N, 512, g, g) over all slices."""
-        x = trunk_out.float()
-        self.t_mean.copy_(x.mean(dim=(0, 2, 3)).view(1, -1, 1, 1))
-        self.t_std.copy_(x.std(dim=(0, 2, 3)).clamp_min(1e-6).view(1, -1, 1, 1))
+    def fit_normaliser(self, trunk_out: torch.Tensor | RowFile) -> None:
+        """Set per-channel mean and std of the trunk output (N, 512, g, g) over all slices.
+
+        Computed for 64 channels at a time, not on a float32 copy of all of it (twice its
+        bfloat16 size); each channel's numbers are those of the whole at once (a reduction over
+        the other axes; tests/test_selection_features.py checks it)."""
+        for c in range(0, TRUNK_CHANNELS, NORMALISER_CHANNELS):
+            x = trunk_out[:, c : c + NORMALISER_CHANNELS].float()
+            self.t_mean[0, c : c + NORMALISER_CHANNELS, 0, 0] = x.mean(dim=(0, 2, 3))
+            self.t_std[0, c : c + NORMALISER_CHANNELS, 0, 0] = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
 
     def encode(self, trunk_out: torch.Tensor) -> torch.Tensor:
         """Features (N, feature_dim) from trunk output (N, 512, g, g)."""
@@ -131,8 +139,8 @@ class SliceAutoEncoder(nn.Module):
 
 def train_autoencoder(
     model: SliceAutoEncoder,
-    trunk_out: torch.Tensor,
-    targets: torch.Tensor,
+    trunk_out: torch.Tensor | RowFile,
+    targets: torch.Tensor | RowFile,
     steps: int = 300,
     batch_size: int = 64,
     lr: float = 1e-3,
@@ -141,7 +149,8 @@ def train_autoencoder(
 ) -> list[float]:
     """Train the encoder and decoder (the trunk stays frozen) to reconstruct ``targets``
     (N, 1, 32, 32) from ``trunk_out`` (N, 512, g, g) with mean squared error; return the loss of
-    each step. Batches are drawn with replacement by a generator seeded with ``seed``."""
+    each step. Batches are drawn with replacement by a generator seeded with ``seed``; only the
+    batch's rows are read (from a :class:`~sparseseg.selection.rowfile.RowFile`, off disk)."""
     from sparseseg.progress import progress_bar
 
     params = [*model.encoder.parameters(), *model.decoder.parameters()]

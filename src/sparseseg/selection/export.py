@@ -85,25 +85,7 @@ def write_selection(
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_json(tmp / "selection.json", selection.to_json())
         for name in names:
-            image = ds.load_image(name)
-            chosen = selection.chosen(name)
-            if tuple(image.shape[-3:]) != tuple(selection.cases[name].shape):
-                raise InputError(
-                    f"image shape {image.shape[-3:]} differs from the selection's "
-                    f"{selection.cases[name].shape}",
-                    ds.image_path(name),
-                )
-            mask = annotation_mask(image.shape[-3:], chosen).astype(np.uint8)
-            write_nifti(tmp / "masks" / f"{name}{FILE_ENDING}", image.with_array(mask))
-            if sheets:
-                title = f"{name}: {selection.strategy} s{selection.budget:g}"
-                contact_sheet(
-                    normalise_volume(first_channel(image.array)),
-                    chosen,
-                    tmp / "sheets" / f"{name}.png",
-                    image.spacing,
-                    title,
-                )
+            _write_case(selection, ds, name, tmp, sheets)
         if tsne and names:
             first = names[0]
             feats = selection.features.get(first)
@@ -117,6 +99,29 @@ def write_selection(
         if simulate_from_labels:
             simulate_sparse_dataset(ds, selection, tmp / "dataset", dense)
     return out
+
+
+def _write_case(selection: Selection, ds: Dataset, name: str, out: Path, sheet: bool) -> None:
+    """The mask (and contact sheet) of one case; its image is freed on return."""
+    image = ds.load_image(name)
+    chosen = selection.chosen(name)
+    if tuple(image.shape[-3:]) != tuple(selection.cases[name].shape):
+        raise InputError(
+            f"image shape {image.shape[-3:]} differs from the selection's "
+            f"{selection.cases[name].shape}",
+            ds.image_path(name),
+        )
+    mask = annotation_mask(image.shape[-3:], chosen).astype(np.uint8)
+    write_nifti(out / "masks" / f"{name}{FILE_ENDING}", image.with_array(mask))
+    if sheet:
+        title = f"{name}: {selection.strategy} s{selection.budget:g}"
+        contact_sheet(
+            normalise_volume(first_channel(image.array)),
+            chosen,
+            out / "sheets" / f"{name}.png",
+            image.spacing,
+            title,
+        )
 
 
 def first_channel(image: np.ndarray) -> np.ndarray:

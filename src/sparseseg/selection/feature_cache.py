@@ -24,10 +24,15 @@ def feature_key(volumes: Sequence[np.ndarray], planes: Sequence[str], settings: 
     """Hex digest naming the features of ``volumes`` (X, Y, Z) under ``planes`` and ``settings``."""
     digest = hashlib.sha256(json.dumps([list(planes), settings], sort_keys=True).encode())
     for volume in volumes:
-        array = np.ascontiguousarray(volume)
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.tobytes())
+        _add_volume(digest, volume)
     return digest.hexdigest()[:24]
+
+
+def _add_volume(digest, volume: np.ndarray) -> None:
+    """Hash one volume's dtype, shape and bytes (a lazy volume is read here, and freed)."""
+    array = np.ascontiguousarray(volume)
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array)  # the bytes, without a copy
 
 
 def cached_features(

@@ -6,7 +6,9 @@ Two extractors turn every slice of every chosen plane of every volume into a fea
   layers and a light decoder form an auto-encoder that is trained on slices of all planes of all
   volumes together; the feature of a slice is the output of the last FC layer. Slices are resized
   to ``image_size`` squared, grey values replicated to three channels and ImageNet-normalised.
-  The trunk runs once per slice (its output is cached), so training touches only the small head.
+  The trunk runs once per slice, volume by volume; its output is kept in a temporary file
+  (:mod:`sparseseg.selection.rowfile`), so training touches only the small head and reads only
+  each batch's rows, and no volume is held beyond its own pass.
   ImageNet weights come from a file or the torch hub cache; without them (offline) the trunk
   keeps its random initialisation, which still selected better than ``intensity`` on MSD
   Hippocampus (benchmarks/selection_extractors.py, docs/selection.md).
@@ -25,10 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from sparseseg.data.planes import NORMAL_AXIS, to_slices
+from sparseseg.data.planes import NORMAL_AXIS, num_slices, to_slices
 from sparseseg.errors import InputError
 
 EXTRACTORS = ("vgg", "intensity")
@@ -54,7 +57,9 @@ def normalise_volume(array: np.ndarray) -> np.ndarray:
         lo, hi = float(array.min()), float(array.max())
     if hi <= lo:
         return np.zeros_like(array)
-    return np.clip((array - lo) / (hi - lo), 0.0, 1.0)
+    out = array - lo
+    out /= hi - lo
+    return np.clip(out, 0.0, 1.0, out=out)  # one volume-sized temporary, not three
 
 
 def resize_slices(slices: np.ndarray, size: int):
@@ -147,32 +152,45 @@ def extract_features(
     ``extractor`` is ``vgg`` or ``intensity``; ``weights`` an ImageNet VGG-19 state dict in
     torchvision's format (default: the torch hub cache; without one the trunk keeps its random
     initialisation, and the record says so). ``steps`` and ``batch_size`` set the auto-encoder
-    training, ``image_size`` the VGG input (default :func:`auto_image_size`).
+    training, ``image_size`` the VGG input (default :func:`auto_image_size`). The volumes are
+    read one at a time, once (arrays or :class:`~sparseseg.selection.volumes.LazyVolume`).
     """
     name, path = resolve_extractor(extractor, weights)
-    normalised = [normalise_volume(v) for v in volumes]
     if name == "intensity":
-        feats = [{p: intensity_features(v, p) for p in planes} for v in normalised]
+        feats = [_intensity_all(v, planes) for v in volumes]
         return FeatureSet(feats, {"name": "intensity", "size": 16, "weights": None})
     if image_size is None:
-        image_size = auto_image_size(normalised, planes)
+        image_size = auto_image_size(volumes, planes)
     return _vgg_features(
-        normalised, planes, path, seed, steps, batch_size, image_size, device, progress
+        volumes, planes, path, seed, steps, batch_size, image_size, device, progress
     )
 
 
+def _intensity_all(volume: np.ndarray, planes: Sequence[str]) -> dict[str, np.ndarray]:
+    volume = normalise_volume(volume)
+    return {p: intensity_features(volume, p) for p in planes}
+
+
 def _vgg_features(volumes, planes, path, seed, steps, batch_size, image_size, device, progress):
+    import tempfile
+
     import torch
 
+    from sparseseg.progress import progress_bar
+    from sparseseg.runtime import resolve_device
     from sparseseg.selection.autoencoder import SliceAutoEncoder, train_autoencoder
-    from sparseseg.selection.vgg import file_sha256, load_vgg19_weights
+    from sparseseg.selection.rowfile import RowFile
+    from sparseseg.selection.vgg import (
+        TRUNK_CHANNELS,
+        TRUNK_STRIDE,
+        file_sha256,
+        load_vgg19_weights,
+    )
 
     if image_size % 32 or image_size < 32:
         raise InputError(f"image size must be a multiple of 32 (at least 32), got {image_size}")
     if steps < 0 or batch_size < 1:
         raise InputError("need steps >= 0 and batch size >= 1")
-    from sparseseg.runtime import resolve_device
-
     device = resolve_device(device)
     torch.manual_seed(seed)
     model = SliceAutoEncoder(image_size=image_size)
@@ -182,30 +200,30 @@ def _vgg_features(volumes, planes, path, seed, steps, batch_size, image_size, de
     else:
         weights = "none: random init"
     model.to(device)
-    # Trunk outputs of every slice, computed once: (volume, plane) -> (N, 512, g, g).
+    # Rows of every (volume, plane), volume by volume: where each one's slices start.
     keys = [(i, p) for i in range(len(volumes)) for p in planes]
-    total = sum(to_slices(volumes[i], p).shape[0] for i, p in keys)
-    trunk_out, targets = {}, {}
-    from sparseseg.progress import progress_bar
-
-    with progress_bar(total=total, desc="VGG-19 trunk", unit="slice", enabled=progress) as bar:
-        for i, p in keys:
-            slices = to_slices(volumes[i], p)
-            trunk_out[i, p] = model.run_trunk(resize_slices(slices, image_size), bar.update)
-            targets[i, p] = resize_slices(slices, model.recon_size)
-    model.fit_normaliser(torch.cat([trunk_out[key] for key in keys]))
-    history = train_autoencoder(
-        model,
-        torch.cat([trunk_out[key] for key in keys]),
-        torch.cat([targets[key] for key in keys]),
-        steps=steps,
-        batch_size=batch_size,
-        seed=seed,
-        progress=progress,
-    )
-    feats: list[dict[str, np.ndarray]] = [{} for _ in volumes]
-    for i, p in keys:
-        feats[i][p] = model.encode_trunk_output(trunk_out[i, p])
+    starts = np.cumsum([0] + [num_slices(np.shape(volumes[i]), p) for i, p in keys])
+    grid = image_size // TRUNK_STRIDE
+    recon = model.recon_size
+    with tempfile.TemporaryDirectory(prefix="sparseseg-slices-") as tmp:
+        # Trunk outputs of every slice, computed once, and the slices at the decoder's size.
+        trunk_out = RowFile(
+            Path(tmp) / "trunk.npy", (starts[-1], TRUNK_CHANNELS, grid, grid), torch.bfloat16
+        )
+        targets = RowFile(Path(tmp) / "targets.npy", (starts[-1], 1, recon, recon))
+        total = int(starts[-1])
+        with progress_bar(total=total, desc="VGG-19 trunk", unit="slice", enabled=progress) as bar:
+            for i, volume in enumerate(volumes):
+                first = int(starts[i * len(planes)])
+                _store_slices(model, volume, planes, image_size, trunk_out, targets, first, bar)
+        model.fit_normaliser(trunk_out)
+        history = train_autoencoder(
+            model, trunk_out, targets, steps=steps, batch_size=batch_size, seed=seed,
+            progress=progress,
+        )  # fmt: skip
+        feats: list[dict[str, np.ndarray]] = [{} for _ in volumes]
+        for (i, p), a, b in zip(keys, starts[:-1], starts[1:], strict=True):
+            feats[i][p] = model.encode_trunk_output(trunk_out[int(a) : int(b)])
     info = {
         "name": "vgg",
         "weights": weights,
@@ -216,3 +234,14 @@ def _vgg_features(volumes, planes, path, seed, steps, batch_size, image_size, de
         "final_loss": history[-1] if history else None,
     }
     return FeatureSet(feats, info)
+
+
+def _store_slices(model, volume, planes, image_size, trunk_out, targets, row, bar) -> None:
+    """Write the trunk outputs and thumbnails of the slices of ``planes`` of one volume from row
+    ``row`` on (a function of its own: the volume is freed on return)."""
+    volume = normalise_volume(volume)
+    for p in planes:
+        slices = to_slices(volume, p)
+        trunk_out.write(row, model.run_trunk(resize_slices(slices, image_size), bar.update))
+        targets.write(row, resize_slices(slices, model.recon_size))
+        row += len(slices)

@@ -9,6 +9,7 @@ folder from ``sparseseg train``. The scoring is in :mod:`sparseseg.selection.rou
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,10 @@ from sparseseg.selection.selector import (
     CaseSelection,
     PlaneChoice,
     Selection,
-    check_volume_content,
     slice_features,
 )
 from sparseseg.selection.strategies import budget_count, check_budget
+from sparseseg.selection.volumes import check_volume_content, dataset_volume
 from sparseseg.uncertainty import DEFAULT_KIND, KINDS, slice_means, vote_counts, voxel_uncertainty
 
 ALLOCATION_RULE = (
@@ -80,7 +81,54 @@ def select_round_volumes(
     Exactly one of ``budget`` (s_k: K = max(1, floor(N / k)) new slices per plane per volume, at
     most the unannotated ones) or ``total`` (new slices in all, shared by
     :func:`~sparseseg.selection.rounds.allocate`). ``weight``: w of the score, in [0, 1].
+    Volumes may be :class:`~sparseseg.selection.volumes.LazyVolume`, read one at a time.
     """
+    planes = _check_round_options(planes, budget, total, weight)
+    if not len(volumes) == len(labels) == len(names) == len(uncertainty) or not volumes:
+        raise InputError("need one label map, name and uncertainty map per volume")
+    summaries = [
+        round_case(vol, lab, unc, name, planes, ignore_value)
+        for vol, lab, unc, name in zip(volumes, labels, uncertainty, names, strict=True)
+    ]
+    options = dict(
+        extractor=extractor, weights=weights, steps=steps, image_size=image_size, device=device,
+        progress=progress, feature_cache=feature_cache,
+    )  # fmt: skip
+    return _select_round(
+        volumes, names, summaries, budget, total, planes, weight, seed, round_number, options
+    )
+
+
+@dataclass
+class RoundCase:
+    """What a round needs of one case besides its slice features: its ``shape`` (X, Y, Z); per
+    plane the ``annotated`` slices (S0) and the mean ``slice_uncertainty`` (N,); the mean
+    ``uncertainty`` of its unannotated voxels."""
+
+    shape: tuple[int, int, int]
+    annotated: dict[str, np.ndarray]
+    slice_uncertainty: dict[str, np.ndarray]
+    uncertainty: float
+
+
+def round_case(volume, label, uncertainty, name, planes, ignore_value) -> RoundCase:
+    """The :class:`RoundCase` of a volume (X, Y, Z; an array or lazy), its label and voxel
+    uncertainty (X, Y, Z); InputError for a bad volume or shapes that differ."""
+    if np.ndim(volume) != 3:
+        raise InputError(f"expected a 3D volume, got shape {np.shape(volume)}", name)
+    check_volume_content(np.asarray(volume), name)
+    shape = tuple(int(s) for s in np.shape(volume))
+    if np.shape(label) != shape or np.shape(uncertainty) != shape:
+        raise InputError("label, uncertainty and image shapes differ", name)
+    return RoundCase(
+        shape,
+        {p: annotated_slices(label, ignore_value, p) for p in planes},
+        {p: slice_means(uncertainty, p) for p in planes},
+        volume_uncertainty(uncertainty, label, ignore_value),
+    )
+
+
+def _check_round_options(planes, budget, total, weight) -> tuple[str, ...]:
     try:
         planes = parse_planes(planes)
     except ValueError as exc:
@@ -89,24 +137,21 @@ def select_round_volumes(
         raise InputError("give either a budget s_k or a total number of new slices, not both")
     if not 0.0 <= weight <= 1.0:
         raise InputError(f"uncertainty weight must be in [0, 1], got {weight:g}")
-    if not len(volumes) == len(labels) == len(names) == len(uncertainty) or not volumes:
-        raise InputError("need one label map, name and uncertainty map per volume")
-    annotated, sizes = [], []
-    for vol, lab, unc, name in zip(volumes, labels, uncertainty, names, strict=True):
-        if np.ndim(vol) != 3:
-            raise InputError(f"expected a 3D volume, got shape {np.shape(vol)}", name)
-        check_volume_content(vol, name)
-        if np.shape(lab) != np.shape(vol) or np.shape(unc) != np.shape(vol):
-            raise InputError("label, uncertainty and image shapes differ", name)
-        annotated.append({p: annotated_slices(lab, ignore_value, p) for p in planes})
-        sizes.append([num_slices(vol.shape, p) for p in planes])
-    sizes = np.asarray(sizes, dtype=np.int64)
-    capacity = sizes - np.asarray([[len(a[p]) for p in planes] for a in annotated])
+    return planes
+
+
+def _select_round(
+    volumes, names, summaries: Sequence[RoundCase], budget, total, planes, weight, seed,
+    round_number: int, options: dict,
+) -> Selection:  # fmt: skip
+    """:func:`select_round_volumes` on checked options and the cases' summaries; ``options``:
+    the keyword arguments of :func:`~sparseseg.selection.selector.slice_features` beyond
+    volumes, planes and seed."""
+    sizes = np.asarray([[num_slices(c.shape, p) for p in planes] for c in summaries], np.int64)
+    capacity = sizes - np.asarray([[len(c.annotated[p]) for p in planes] for c in summaries])
     if capacity.sum() == 0:
         raise InputError("every slice is annotated already: nothing left to choose")
-    vol_unc = [
-        volume_uncertainty(u, lab, ignore_value) for u, lab in zip(uncertainty, labels, strict=True)
-    ]
+    vol_unc = [c.uncertainty for c in summaries]
     if total is not None:
         if int(total) != total or total < 1 or total > capacity.sum():
             raise InputError(
@@ -119,26 +164,23 @@ def select_round_volumes(
         budget_value = check_budget(budget)
         asked = np.asarray([[budget_count(n, budget_value) for n in row] for row in sizes])
         counts = np.minimum(asked, capacity)
-    fs = slice_features(
-        volumes, planes, extractor, weights, seed, steps, image_size, device, progress,
-        feature_cache,
-    )  # fmt: skip
+    fs = slice_features(volumes, planes, seed=seed, **options)
     cases: dict[str, CaseSelection] = {}
-    for v, name in enumerate(names):
+    for v, (name, case) in enumerate(zip(names, summaries, strict=True)):
         choices = {}
         for j, p in enumerate(planes):
-            u = slice_means(uncertainty[v], p)
-            r = round_indices(fs.features[v][p], annotated[v][p], u, int(counts[v, j]), weight)
+            u = case.slice_uncertainty[p]
+            r = round_indices(fs.features[v][p], case.annotated[p], u, int(counts[v, j]), weight)
             choices[p] = PlaneChoice(
                 int(sizes[v, j]),
                 r.order.tolist(),
                 r.gains.tolist(),
                 float(r.value),
-                annotated[v][p].tolist(),
+                case.annotated[p].tolist(),
                 r.uncertainty.tolist(),
                 r.scores.tolist(),
             )
-        cases[name] = CaseSelection(name, tuple(int(s) for s in volumes[v].shape), choices)
+        cases[name] = CaseSelection(name, case.shape, choices)
     info = {
         "weight": weight,
         "score": "(1 - w) * gain / g1 + w * u / u_max",
@@ -186,7 +228,9 @@ def select_next_round(
     feature_cache: str | Path | None = None,
 ) -> Selection:
     """Choose the next slices in the training cases of ``dataset`` (current sparse labels in
-    ``labelsTr``) with the model folder ``model``; see :func:`select_round_volumes`."""
+    ``labelsTr``) with the model folder ``model``; see :func:`select_round_volumes`. One case
+    at a time is read and predicted; only its :class:`RoundCase` is kept, and its image is
+    read again for the slice features."""
     from sparseseg.data.layout import Dataset
     from sparseseg.predict import Predictor
     from sparseseg.progress import progress_bar
@@ -195,6 +239,7 @@ def select_next_round(
     names = ds.cases("Tr")
     if not names:
         raise InputError("dataset has no training cases (imagesTr is empty)", ds.root)
+    planes = _check_round_options(planes, budget, total, weight)
     if uncertainty not in KINDS:
         raise InputError(f"unknown uncertainty {uncertainty!r}; choose one of {', '.join(KINDS)}")
     predictor = Predictor(model, device=device, precision=precision)
@@ -203,21 +248,29 @@ def select_next_round(
             f"the model has {predictor.num_classes} classes, the dataset {ds.num_classes}",
             predictor.bundle.source,
         )
-    volumes, labels, maps = [], [], []
+    volumes, summaries = [], []
     for name in progress_bar(names, desc="model uncertainty", unit="case", enabled=progress):
-        image = ds.load_image(name)
-        if not ds.label_path(name).exists():
-            raise InputError("a later round needs the current labels", ds.label_path(name))
-        label = ds.load_label(name, image=image)
-        volumes.append(image.array)
-        labels.append(label.array)
-        maps.append(model_uncertainty(predictor, image.array, uncertainty))
+        summaries.append(_dataset_round_case(ds, name, predictor, uncertainty, planes))
+        volumes.append(dataset_volume(ds, name, summaries[-1].shape))
     del predictor
-    selection = select_round_volumes(
-        volumes, labels, names, maps, ds.ignore_value, budget, total, planes, weight, extractor,
-        weights, seed, steps, image_size, device, progress, feature_cache,
-        previous_round(ds.meta) + 1,
+    options = dict(
+        extractor=extractor, weights=weights, steps=steps, image_size=image_size, device=device,
+        progress=progress, feature_cache=feature_cache,
     )  # fmt: skip
+    round_number = previous_round(ds.meta) + 1
+    selection = _select_round(
+        volumes, names, summaries, budget, total, planes, weight, seed, round_number, options
+    )
     selection.dataset = str(ds.root)
     selection.round_info.update({"model": str(Path(model)), "uncertainty": uncertainty})
     return selection
+
+
+def _dataset_round_case(ds, name: str, predictor, kind: str, planes) -> RoundCase:
+    """The :class:`RoundCase` of a training case: image, current label, the model's uncertainty."""
+    image = ds.load_image(name)
+    if not ds.label_path(name).exists():
+        raise InputError("a later round needs the current labels", ds.label_path(name))
+    label = ds.load_label(name, image=image)
+    voxels = model_uncertainty(predictor, image.array, kind)
+    return round_case(image.array, label.array, voxels, name, planes, ds.ignore_value)

@@ -29,6 +29,7 @@ from sparseseg.selection.strategies import (
     representative_indices,
 )
 from sparseseg.selection.vgg import resolve_weights
+from sparseseg.selection.volumes import channels, check_volume_content, dataset_volumes
 
 FORMAT = "sparseseg-selection"
 VERSION = 1
@@ -191,16 +192,6 @@ def case_rng(seed: int, case: str, plane: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(case.encode()), PLANES.index(plane)])
 
 
-def check_volume_content(array: np.ndarray, case: str) -> None:
-    """Raise InputError for an empty volume: no voxels, or all voxels equal."""
-    if array.size == 0 or not np.isfinite(array).all():
-        raise InputError("volume is empty or holds non-finite values", case)
-    if float(array.max()) == float(array.min()):
-        raise InputError(
-            f"volume is constant (every voxel is {float(array.min()):g}): nothing to select", case
-        )
-
-
 def slice_features(
     volumes: Sequence[np.ndarray],
     planes: Sequence[str],
@@ -215,9 +206,10 @@ def slice_features(
 ) -> FeatureSet:
     """The ``ra`` slice features of volumes (X, Y, Z) or (C, X, Y, Z), from ``feature_cache``
     when it has them. The channels of a volume are featurised one by one and joined
-    (:func:`~sparseseg.selection.features.combine_channels`)."""
-    channels = [list(v) if np.ndim(v) == 4 else [v] for v in volumes]
-    flat = [c for group in channels for c in group]
+    (:func:`~sparseseg.selection.features.combine_channels`). Volumes may be
+    :class:`~sparseseg.selection.volumes.LazyVolume`: each is read when its turn comes."""
+    groups = [channels(v) for v in volumes]
+    flat = [c for group in groups for c in group]
 
     def compute() -> FeatureSet:
         return extract_features(
@@ -236,7 +228,7 @@ def slice_features(
             "image_size": image_size,
         }
         fs = cached_features(feature_cache, flat, planes, settings, compute)
-    return FeatureSet(combine_channels(fs.features, [len(g) for g in channels]), fs.info)
+    return FeatureSet(combine_channels(fs.features, [len(g) for g in groups]), fs.info)
 
 
 def select_volumes(
@@ -257,7 +249,24 @@ def select_volumes(
     """Choose slices in volumes (X, Y, Z) or (C, X, Y, Z) named ``names``; see
     :func:`select_slices`. The ``ra`` features of a multi-channel volume combine its channels:
     slice similarity is the mean of the per-channel cosine similarities
-    (:func:`~sparseseg.selection.features.combine_channels`)."""
+    (:func:`~sparseseg.selection.features.combine_channels`). Volumes may be arrays or
+    :class:`~sparseseg.selection.volumes.LazyVolume`; they are used one at a time."""
+    planes, budget = _check_options(strategy, planes, budget, weights)
+    _check_names(names, len(volumes))
+    for vol, name in zip(volumes, names, strict=True):
+        if np.ndim(vol) not in (3, 4):
+            raise InputError(f"expected a 3D volume, got shape {np.shape(vol)}", name)
+        check_volume_content(np.asarray(vol), name)
+    options = dict(
+        extractor=extractor, weights=weights, steps=steps, image_size=image_size, device=device,
+        progress=progress, feature_cache=feature_cache,
+    )  # fmt: skip
+    return _select(volumes, names, budget, strategy, planes, seed, options)
+
+
+def _check_options(strategy: str, planes, budget: float, weights) -> tuple[tuple[str, ...], float]:
+    """The parsed planes and budget; InputError for a bad strategy, plane list, budget or
+    weights file (a missing weights file is an error whatever the strategy)."""
     if strategy not in STRATEGIES:
         raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     try:
@@ -266,28 +275,30 @@ def select_volumes(
         raise InputError(str(exc)) from None
     budget = check_budget(budget)
     if weights is not None:
-        resolve_weights(weights)  # a missing weights file is an error whatever the strategy
-    if len(volumes) != len(names) or not volumes or len(set(names)) != len(names):
+        resolve_weights(weights)
+    return planes, budget
+
+
+def _check_names(names: Sequence[str], count: int) -> None:
+    if len(names) != count or not names or len(set(names)) != len(names):
         raise InputError("need one distinct name per volume and at least one volume")
-    counts = []
-    for vol, name in zip(volumes, names, strict=True):
-        if np.ndim(vol) not in (3, 4):
-            raise InputError(f"expected a 3D volume, got shape {np.shape(vol)}", name)
-        check_volume_content(vol, name)
-        counts.append({p: budget_count(num_slices(vol.shape, p), budget) for p in planes})
+
+
+def _select(volumes, names, budget, strategy, planes, seed, options: dict) -> Selection:
+    """:func:`select_volumes` on checked options and volumes; ``options``: the keyword
+    arguments of :func:`slice_features` beyond volumes, planes and seed."""
+    shapes = [tuple(int(s) for s in np.shape(vol)[-3:]) for vol in volumes]
     features, info = None, None
     if strategy == "ra":
-        fs = slice_features(
-            volumes, planes, extractor, weights, seed, steps, image_size, device, progress,
-            feature_cache,
-        )  # fmt: skip
+        fs = slice_features(volumes, planes, seed=seed, **options)
         features, info = fs.features, fs.info
 
     cases: dict[str, CaseSelection] = {}
-    for v, (vol, name) in enumerate(zip(volumes, names, strict=True)):
+    for v, (shape, name) in enumerate(zip(shapes, names, strict=True)):
         choices = {}
         for p in planes:
-            n, k = num_slices(vol.shape, p), counts[v][p]
+            n = num_slices(shape, p)
+            k = budget_count(n, budget)
             if strategy == "ra":
                 result = representative_indices(features[v][p], k)
                 choices[p] = PlaneChoice(
@@ -297,7 +308,7 @@ def select_volumes(
                 choices[p] = PlaneChoice(n, eia_indices(n, k).tolist())
             else:
                 choices[p] = PlaneChoice(n, random_indices(n, k, case_rng(seed, name, p)).tolist())
-        cases[name] = CaseSelection(name, tuple(int(s) for s in vol.shape[-3:]), choices)
+        cases[name] = CaseSelection(name, shape, choices)
     feats = {} if features is None else dict(zip(names, features, strict=True))
     return Selection(budget, strategy, planes, seed, info, cases, features=feats)
 
@@ -326,6 +337,7 @@ def select_slices(
     features (see :func:`~sparseseg.selection.features.extract_features`). ``cases`` limits the
     selection to some training cases. ``feature_cache``: a folder where ``ra`` features are kept
     and reused by later selections of the same images and settings (at any budget).
+    The images are read one at a time: once to check them, once more for the features.
     """
     from sparseseg.data.layout import Dataset
 
@@ -336,30 +348,14 @@ def select_slices(
     missing = [c for c in names if c not in ds.cases("Tr")]
     if missing:
         raise InputError(f"no training image for cases {missing[:3]}", ds.root)
-    volumes, sources = [], {}
-    for name in names:
-        image = ds.load_image(name)
-        try:
-            check_volume_content(image.array, name)
-        except InputError as exc:
-            raise InputError(exc.problem, ds.image_path(name)) from None
-        volumes.append(image.array)
-        sources[name] = image.source
-    selection = select_volumes(
-        volumes,
-        names,
-        budget,
-        strategy,
-        planes,
-        extractor,
-        weights,
-        seed,
-        steps,
-        image_size,
-        device,
-        progress,
-        feature_cache,
-    )
+    planes, budget = _check_options(strategy, planes, budget, weights)
+    _check_names(names, len(names))
+    volumes, sources = dataset_volumes(ds, names)
+    options = dict(
+        extractor=extractor, weights=weights, steps=steps, image_size=image_size, device=device,
+        progress=progress, feature_cache=feature_cache,
+    )  # fmt: skip
+    selection = _select(volumes, names, budget, strategy, planes, seed, options)
     selection.dataset = str(ds.root)
     for name, case in selection.cases.items():
         case.source = source_indices(sources[name], case.chosen)
