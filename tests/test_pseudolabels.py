@@ -157,7 +157,7 @@ def test_training_builds_the_mean_map_prediction_sees_with_ay_manual_off(tmp_pat
     bit, the one the meta-model sees at prediction when meta.ay_manual is off; with it on (the
     default) the two differ exactly on the annotated voxels, where training's is the manual
     label's one-hot."""
-    from sparseseg.bundle import Bundle, model_part
+    from sparseseg.bundle import Bundle, load_bundle
     from sparseseg.predict import Predictor
     from sparseseg.pseudolabels import compute_pseudolabels, load_base_models, read_meta_case
     from sparseseg.runtime import zscore
@@ -180,7 +180,7 @@ def test_training_builds_the_mean_map_prediction_sees_with_ay_manual_off(tmp_pat
     run_step2(dataset, out, preset, progress=False)
     sets = pl_sets(preset.planes)
     parts = {
-        k: model_part(torch.load(model_path(out, n), weights_only=True))
+        k: load_bundle(model_path(out, n)).parts[k]
         for k, n in (("2d", "model2d"), ("3d", "model3d"))
     }
     bundle = Bundle(parts, dataset.class_names, "cpu", preset.to_dict(), pl_sets=list(sets))
