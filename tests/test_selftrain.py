@@ -128,14 +128,14 @@ def _meta_cases(n: int = 2, c: int = 3, shape=(16, 16, 16)) -> list[dict]:
     import numpy as np
 
     from sparseseg.pseudolabels import mean_one_hot
-    from sparseseg.selftrain import meta_case
 
     rng = np.random.default_rng(0)
     cases = []
     for _ in range(n):
-        image = rng.normal(size=shape).astype(np.float32)
+        image = rng.normal(size=(1, *shape)).astype(np.float32)
         pls = [rng.integers(0, c, shape).astype(np.uint8) for _ in range(4)]
-        cases.append(meta_case(image, mean_one_hot(pls, c), pls))
+        x = np.concatenate([image, mean_one_hot(pls, c)])  # the meta-model's input: image + A(Y)
+        cases.append({"image": x, "targets": np.stack(pls)})
     return cases
 
 
