@@ -262,3 +262,18 @@ def test_a_full_supervision_budget_goes_to_the_3d_model_alone():
     assert fitted.train3d.iterations == int(spare / 0.5)
     both, _ = fit_budget(plan, fp, measured)
     assert fitted.train3d.iterations > 2 * both.train3d.iterations
+
+
+def test_experiment_plans_the_full_supervision_budget_for_the_3d_model_alone(tmp_path, monkeypatch):
+    import sparseseg.planning as planning
+
+    monkeypatch.setattr(planning, "probe", lambda *a, **k: dict(MEASURED, seconds=0.0))
+    data = write_phantom_dataset(tmp_path / "h", "heart", 2, seed=0, test_cases=1, shape=(16,) * 3)
+    out = tmp_path / "x"
+    args = ["experiment", str(data), "--out", str(out), "--budgets", "", "--seeds", "0"]
+    assert main([*args, "--preset", "auto", "--minutes", "0.5", "--quiet"]) == 0
+    plan = json.loads((out / "runs" / "full-seed0" / "plan.json").read_text())
+    assert plan["request"]["models"] == ["3d"]
+    assert set(plan["budget"]["reserve_seconds"]) == {"test", "io"}  # no PLs, no NN-fit
+    everything = plan_preset(data, {"budget_minutes": 0.5})
+    assert plan["preset"]["train3d"]["iterations"] > everything.train3d.iterations

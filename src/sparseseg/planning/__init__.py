@@ -16,7 +16,13 @@ from typing import Any
 
 from sparseseg.config import Preset, apply_overrides, get_preset, preset_from_dict
 from sparseseg.errors import InputError
-from sparseseg.planning.budget import ITERATION_FIELDS, describe_budget, fit_budget, probe
+from sparseseg.planning.budget import (
+    ITERATION_FIELDS,
+    SHARES,
+    describe_budget,
+    fit_budget,
+    probe,
+)
 from sparseseg.planning.fingerprint import fingerprint, fingerprint_arrays
 from sparseseg.planning.plan import check, describe, make_plan, plan_notes
 
@@ -74,13 +80,16 @@ def plan_preset(
     device: str | None = None,
     model_dir: str | Path | None = None,
     budget: bool = True,
+    models: tuple[str, ...] = tuple(SHARES),
     log: Callable[[str], None] | None = None,
 ) -> Preset:
     """The ``auto`` preset planned for ``dataset`` (a Dataset or its folder), with overrides.
 
     With ``budget`` and ``budget_minutes`` > 0 (by default 30 on the CPU, 0 on CUDA; the
     override ``budget_minutes=...`` or ``--minutes`` sets it), a probe picks the iterations that
-    are not overridden. ``model_dir``: where plan.json is written and reused from.
+    are not overridden. ``models``: the models the run trains (full supervision: ``("3d",)``),
+    over which the training time is shared. ``model_dir``: where plan.json is written and
+    reused from.
     ``log`` receives a few lines describing the plan.
     """
     from sparseseg import distributed
@@ -93,6 +102,8 @@ def plan_preset(
     wanted = _as_dict(overrides)
     device_type = resolve_device(device).type
     request = {"overrides": wanted, "device_type": device_type, "budget": bool(budget)}
+    if tuple(models) != tuple(SHARES):
+        request["models"] = list(models)
     path = Path(model_dir) / PLAN_FILE if model_dir is not None else None
     stored = {}
     if path is not None and path.exists():
@@ -121,7 +132,7 @@ def plan_preset(
     keep = [k for k in ITERATION_FIELDS if k in wanted]
     if budget and preset.budget_minutes > 0 and len(keep) < len(ITERATION_FIELDS):
         measured = _probe_cached(preset, dataset.num_classes, device)
-        preset, record = fit_budget(preset, fp, measured, keep)
+        preset, record = fit_budget(preset, fp, measured, keep, tuple(models))
     for line in describe(preset, fp):
         say(line)
     if record is not None:
