@@ -7,10 +7,12 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch; a GPU server may install its own torch into the venv first. The extras
 # install under a constraint that keeps the venv's torch (napari's dependencies would replace it).
 TORCH ?= torch==2.13.0
-# nnU-Net v2 (the `nnunet` extra) for its dataset integrity check, installed without its network
-# package (dynamic-network-architectures -> timm -> torchvision, whose wheels would replace the
-# CPU torch): nnunetv2 with --no-deps, then its other dependencies, with torch pinned as found.
+# nnU-Net v2 (the `nnunet` extra) for its dataset integrity check and benchmarks/vs_nnunet.py.
+# Its network package needs timm (-> torchvision, whose wheels would replace the CPU torch) only
+# for transformer networks nnU-Net's default U-Net does not use: nnunetv2 and
+# dynamic-network-architectures with --no-deps, their other dependencies with torch pinned.
 NNUNET ?= nnunetv2>=2.8,<3
+NNUNET_NET ?= dynamic-network-architectures>=0.4,<0.5
 NNUNET_DEPS := "acvl-utils>=0.2.6,<0.3" "batchgenerators>=0.25.1" "batchgeneratorsv2>=0.3.2" \
 	"SimpleITK>=2.2.1" pandas graphviz requests seaborn imagecodecs yacs einops "blosc2>=3.3.2"
 # What the napari widget tests draw with, headless: a virtual X server, Mesa OpenGL and the X
@@ -32,10 +34,11 @@ $(STAMP): pyproject.toml
 		|| echo "warning: apt-get could not install $(GUI_DEBS); the napari tests run without a display"; }
 	$(BIN)/python -W ignore -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
 	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,bench,napari]" $(NNUNET_DEPS)
-	$(BIN)/python -m pip install -q --no-deps "$(NNUNET)"
+	$(BIN)/python -m pip install -q --no-deps "$(NNUNET)" "$(NNUNET_NET)"
 	$(BIN)/python -W ignore -c "import torch; pin = open('$(VENV)/constraints.txt').read().split('==')[1]; \
 		assert torch.__version__ == pin.strip(), f'torch {torch.__version__} replaced {pin}'"
 	$(BIN)/python -c "from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity"
+	$(BIN)/python -c "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer"
 	touch $(STAMP)
 
 install: $(STAMP)
