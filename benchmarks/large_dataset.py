@@ -191,12 +191,25 @@ def main(argv: list[str] | None = None) -> None:
             small = root / "small"
             make_dataset(small, a.bundle_cases, a.bundle_size, 0)
             r = measured(
-                "cli", ["train", str(small), "--out", str(model), *settings(TINY), *cpu], root
+                "cli",
+                [
+                    "train",
+                    str(small),
+                    "--out",
+                    str(model),
+                    "--preset",
+                    "cpu",
+                    *settings(TINY),
+                    *cpu,
+                ],
+                root,
             )
             rows.append((f"train (bundle, {a.bundle_size}^3 cases)", a.bundle_cases, r))
         else:
             r = measured(
-                "cli", ["train", str(data), "--out", str(model), *settings(TINY), *cpu], root
+                "cli",
+                ["train", str(data), "--out", str(model), "--preset", "cpu", *settings(TINY), *cpu],
+                root,
             )
             rows.append(("train", a.cases, r))
         if a.no_predict:

@@ -44,7 +44,7 @@ def main() -> None:
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     cmd = [sys.executable, "-m", "sparseseg", "train", str(data), "--out", str(out)]
-    cmd += ["--minutes", str(args.minutes), "--quiet"]
+    cmd += ["--preset", "auto", "--minutes", str(args.minutes), "--quiet"]
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -80,7 +80,7 @@ def reference_model(tmp_path_factory):
     """(dataset, args without --out, the folder of an uninterrupted train)."""
     root = tmp_path_factory.mktemp("crash_train")
     data = sparse_dataset(root)
-    args = ["train", data, "--quiet", *CPU, *sets({**TINY, **CKPT})]
+    args = ["train", data, "--preset", "cpu", "--quiet", *CPU, *sets({**TINY, **CKPT})]
     assert main([*map(str, args), "--out", str(root / "ref")]) == 0
     return data, args, root / "ref"
 
@@ -133,7 +133,7 @@ def test_killed_overwrite_keeps_the_old_model_then_completes(reference_model, tm
 def reference_pseudolabels(reference_model, tmp_path_factory):
     """(args without --out, the folder of an uninterrupted pseudolabel)."""
     data, _, _ = reference_model
-    args = ["pseudolabel", data, "--quiet", *CPU, *sets({**TINIER, **CKPT})]
+    args = ["pseudolabel", data, "--preset", "cpu", "--quiet", *CPU, *sets({**TINIER, **CKPT})]
     ref = tmp_path_factory.mktemp("crash_pseudolabel") / "ref"
     assert main([*map(str, args), "--out", str(ref)]) == 0
     return args, ref
@@ -172,7 +172,8 @@ def reference_grid(tmp_path_factory):
     """(args without --out, the folder of an uninterrupted experiment with a full run)."""
     root = tmp_path_factory.mktemp("crash_experiment")
     data = write_phantom_dataset(root / "heart", "heart", 2, seed=0, test_cases=1, shape=(24,) * 3)
-    args = ["experiment", data, "--budgets", "4", "--strategies", "eia", "--quiet", *CPU]
+    args = ["experiment", data, "--preset", "cpu", "--budgets", "4", "--strategies", "eia"]
+    args += ["--quiet", *CPU]
     args += sets({**TINIER, **CKPT})
     assert main([*map(str, args), "--out", str(root / "ref")]) == 0
     return args, root / "ref"

@@ -90,7 +90,7 @@ with distributed.session("auto") as device:
         state = torch.load(out / "b.ckpt", weights_only=True)
         result["rng_ranks"] = len(state["rng_ranks"])
 
-    code = main(["train", sys.argv[2], "--out", str(out / "model"), "--quiet",
+    code = main(["train", sys.argv[2], "--out", str(out / "model"), "--preset", "cpu", "--quiet",
                  *[a for k, v in json.loads(sys.argv[3]).items() for a in ("--set", f"{k}={v}")]])
     result["code"] = code
     (out / f"rank{rank}.json").write_text(json.dumps(result))

@@ -15,7 +15,13 @@ from sparseseg.demo import run_demo
 def test_demo_grid_runs_scores_reports_and_skips(tmp_path):
     logs = []
     kwargs = dict(
-        cases=2, test_cases=2, budget=4, shape=(24, 24, 16), overrides=TINIER, progress=False
+        cases=2,
+        test_cases=2,
+        budget=4,
+        shape=(24, 24, 16),
+        preset="cpu",
+        overrides=TINIER,
+        progress=False,
     )
     report_md = run_demo(tmp_path / "demo", log=logs.append, **kwargs)
     out = tmp_path / "demo" / "experiment"
@@ -82,6 +88,7 @@ def test_xy_only_2d_model_reports_its_trained_parts(tmp_path):
     sets = [a for k, v in {**TINIER, "planes": "xy"}.items() for a in ("--set", f"{k}={v}")]
     args = ["experiment", str(data), "--out", str(tmp_path / "res"), "--budgets", "4"]
     args += ["--strategies", "eia", "--seeds", "0", "--no-full", "--quiet"]  # planes: the preset's
+    args += ["--preset", "cpu"]
     assert main([*args, *sets]) == 0
     rows = report.read_rows(tmp_path / "res" / "results.csv")
     assert {r["model"] for r in rows} == {"meta", "3d", "xy"}
@@ -159,6 +166,7 @@ def test_rounds_top_up_the_ra_run_at_twice_k_to_the_slices_of_one_shot_s_k(tmp_p
     sets = [a for k, v in TINIER.items() for a in ("--set", f"{k}={v}")]
     args = ["experiment", str(data), "--out", str(tmp_path / "res"), "--budgets", "4"]
     args += ["--strategies", "ra,rounds", "--extractor", "intensity", "--no-full", "--quiet"]
+    args += ["--preset", "cpu"]
     assert main([*args, *sets]) == 0
     runs = tmp_path / "res" / "runs"
     assert sorted(p.name for p in runs.iterdir()) == [

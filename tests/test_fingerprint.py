@@ -123,7 +123,7 @@ def two_selections(tmp_path_factory):
 def test_train_refuses_a_model_of_another_selection(two_selections, tmp_path, capsys):
     data_a, data_b = two_selections
     model = tmp_path / "model"
-    train = ["train", "--out", model, "--quiet", *sets(TINIER)]
+    train = ["train", "--preset", "cpu", "--out", model, "--quiet", *sets(TINIER)]
     assert run_cli(capsys, *train, data_a)[0] == 0
     before = tree_bytes(model)
 
@@ -154,7 +154,9 @@ def test_train_refuses_a_folder_that_is_no_output(two_selections, tmp_path, caps
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    code, err = run_cli(capsys, "train", data_a, "--out", other, "--quiet", *sets(TINIER))
+    code, err = run_cli(
+        capsys, "train", data_a, "--out", other, "--preset", "cpu", "--quiet", *sets(TINIER)
+    )
     assert code == 2 and "records no fingerprint" in err
     assert [p.name for p in other.iterdir()] == ["keep.txt"]
 
@@ -165,7 +167,7 @@ def test_pseudolabel_refuses_other_data_reuses_same_and_overwrites(
 ):
     data_a, data_b = two_selections
     out = tmp_path / "pl"
-    cmd = ["pseudolabel", "--out", out, "--quiet", *sets(TINIER)]
+    cmd = ["pseudolabel", "--preset", "cpu", "--out", out, "--quiet", *sets(TINIER)]
     assert run_cli(capsys, *cmd, data_a)[0] == 0
     assert fingerprint.read(out)["settings"]["preset"]["train3d"]["iterations"] == 3
     before = tree_bytes(out)
@@ -197,7 +199,7 @@ def test_experiment_refuses_another_dataset_and_checks_each_run(tmp_path, capsys
     )
     out = tmp_path / "res"
     cmd = ["experiment", "--out", out, "--budgets", "4", "--strategies", "eia", "--no-full"]
-    cmd += ["--quiet", *sets(TINIER)]
+    cmd += ["--preset", "cpu", "--quiet", *sets(TINIER)]
     assert run_cli(capsys, *cmd, data_a)[0] == 0
     run = out / "runs" / "eia-s4-seed0"
     assert fingerprint.read(run)["settings"]["strategy"] == "eia"

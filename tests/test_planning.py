@@ -354,3 +354,36 @@ def test_target_spacing_is_planned_overridden_and_recorded(tmp_path):
     assert iso.train3d.patch[2] > planned["preset"].train3d.patch[2]
     with pytest.raises(InputError, match="target_spacing must be three"):
         plan_preset(data, {**FEW_STEPS, "target_spacing": "1,2"})
+
+
+def test_auto_is_the_default_preset_of_the_cli_the_api_and_the_demo(tmp_path, capsys):
+    import inspect
+
+    from sparseseg import api
+    from sparseseg.cli import build_parser
+    from sparseseg.demo import DEMO_MINUTES, run_demo
+
+    parser = build_parser()
+    for command in ("train", "pseudolabel", "experiment"):
+        args = parser.parse_args([command, "data", "--out", "o", "--minutes", "5"])
+        assert args.preset == "auto" and args.overrides == ["budget_minutes=5.0"]
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "default auto" in " ".join(capsys.readouterr().out.split())
+    demo = parser.parse_args(["demo"])
+    assert demo.preset == "auto" and demo.minutes == DEMO_MINUTES > 0
+    assert parser.parse_args(["demo", "--preset", "cpu"]).preset == "cpu"  # by name
+    for function in (api.train, run_demo):
+        assert inspect.signature(function).parameters["preset"].default == "auto"
+    assert main(["demo", "--out", str(tmp_path / "d"), "--minutes", "0"]) == 2
+    assert not (tmp_path / "d").exists()
+
+    # train without --preset plans (every iteration field set: no probe, a few steps)
+    data = write_phantom_dataset(tmp_path / "h", "heart", 2, seed=0, shape=(16,) * 3)
+    out = tmp_path / "m"
+    few = [f"--set={k}={v}" for k, v in FEW_STEPS.items()]
+    assert main(["train", str(data), "--out", str(out), "--minutes", "0.2", "--quiet", *few]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["preset"]["name"] == "auto" and plan["preset"]["budget_minutes"] == 0.2
+    assert plan["budget"] is None and plan["preset"]["train3d"]["iterations"] == 3
+    assert json.loads((out / "bundle.json").read_text())["parts"]["3d"]["arch"] == "dynunet"

@@ -127,6 +127,7 @@ def test_step2_writes_four_pl_sets_that_keep_manual_labels(tmp_path):
 def test_pseudolabel_command(tmp_path, capsys):
     _make_dataset(tmp_path / "data", n=1)
     args = ["pseudolabel", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--quiet"]
+    args += ["--preset", "cpu"]
     sets = [x for item in TINY for x in ("--set", item)]
     assert main([*args, *sets]) == 0
     assert "pl_3d" in capsys.readouterr().out

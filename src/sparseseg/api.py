@@ -3,7 +3,7 @@
     from sparseseg import api
     sel = api.select("heart", budget=10, out="sel", simulate_from_labels=True)
     api.import_annotations("sel", "painted", "sparse")    # or: slices painted by annotators
-    state = api.train("sel/dataset", "model", preset="cpu")
+    state = api.train("sel/dataset", "model")  # preset auto: planned, 30 minutes on a CPU
     api.predict("model", "sel/dataset/imagesTs", out="pred")
     scores = api.evaluate("pred", "sel/dataset")
 
@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from sparseseg.config import DEFAULT_PRESET
 from sparseseg.data.volume import Volume
 
 __all__ = ["select", "advise", "import_annotations", "train", "predict", "evaluate"]
@@ -170,7 +171,7 @@ def import_annotations(
 def train(
     dataset: str | Path,
     out: str | Path,
-    preset: str = "cpu",
+    preset: str = DEFAULT_PRESET,
     overrides: Sequence[str] | Mapping[str, Any] | None = None,
     *,
     resume: bool = False,
@@ -182,7 +183,9 @@ def train(
 ) -> dict:
     """Steps II and III into the model folder ``out``; like ``sparseseg train``.
 
-    ``overrides``: preset fields, e.g. ``{"meta.stage1_iterations": 200}``. Finished stages are
+    ``preset``: ``auto`` (default: planned from the dataset; its time budget is the override
+    ``budget_minutes``, 30 on a CPU by default), ``cpu``, ``cpu-aniso`` or ``paper``.
+    ``overrides``: preset fields, e.g. ``{"budget_minutes": 10}``. Finished stages are
     skipped on a rerun into a folder made from the same data and settings (another is refused
     unless ``overwrite``); ``resume`` continues an interrupted one. Returns the pipeline state (the
     content of ``out/pipeline.json``: settings and each stage's status), with the test-split

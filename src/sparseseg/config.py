@@ -331,6 +331,9 @@ def _auto() -> Preset:
 
 
 PRESETS = {"auto": _auto, "cpu": _cpu, "cpu-aniso": _cpu_aniso, "paper": _paper}
+# The preset of `train`, `pseudolabel`, `experiment`, the demo and the Python API when none is
+# named: the planned engine (its time budget, `budget_minutes`, defaults to 30 on a CPU).
+DEFAULT_PRESET = "auto"
 
 
 def get_preset(name: str, overrides: list[str] | dict[str, Any] | None = None) -> Preset:

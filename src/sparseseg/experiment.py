@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from sparseseg import fingerprint, output_folder, report
+from sparseseg.config import DEFAULT_PRESET
 from sparseseg.data.layout import Dataset
 from sparseseg.data.planes import PLANES
 from sparseseg.errors import InputError
@@ -378,7 +379,7 @@ def run_experiment(
     budgets: Sequence[float] = (5, 10, 20, 40),
     strategies: Sequence[str] = ("ra", "eia"),
     seeds: Sequence[int] = (0,),
-    preset: str = "cpu",
+    preset: str = DEFAULT_PRESET,
     overrides: dict[str, Any] | None = None,
     *,
     planes: str | None = None,

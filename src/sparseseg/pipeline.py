@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from sparseseg import distributed, fingerprint, output_folder
+from sparseseg.config import DEFAULT_PRESET
 from sparseseg.data.layout import Dataset
 from sparseseg.errors import InputError
 from sparseseg.fileio import write_json
@@ -257,7 +258,7 @@ def _fmt(v: float | None) -> str:
 def train(
     dataset: Dataset | str | Path,
     model_dir: str | Path,
-    preset: str = "cpu",
+    preset: str = DEFAULT_PRESET,
     overrides: list[str] | dict[str, Any] | None = None,
     *,
     resume: bool = False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sparseseg.config import PRESETS
+from sparseseg.config import DEFAULT_PRESET, PRESETS
 
 
 class _Minutes(argparse.Action):
@@ -22,10 +22,11 @@ def add_preset_arguments(parser: argparse.ArgumentParser, example: str) -> None:
     ``--minutes``."""
     parser.add_argument(
         "--preset",
-        default="cpu",
+        default=DEFAULT_PRESET,
         choices=tuple(PRESETS),
-        help="sizes and schedules (default cpu; cpu-aniso, paper: fixed; auto: planned from the "
-        "dataset, DynUNet networks, with a time budget)",
+        help=f"sizes and schedules (default {DEFAULT_PRESET}: planned from the dataset, DynUNet "
+        "networks, with a time budget set by --minutes, 30 minutes on a CPU by default; cpu, "
+        "cpu-aniso, paper: fixed sizes and schedules)",
     )
     parser.add_argument(
         "--set",
@@ -41,8 +42,9 @@ def add_preset_arguments(parser: argparse.ArgumentParser, example: str) -> None:
         type=float,
         action=_Minutes,
         metavar="M",
-        help="time budget of the training in minutes (preset auto): a short probe of this "
-        "machine turns it into iterations (default: 30 on a CPU, the paper's schedule on a GPU)",
+        help="time budget of the whole training in minutes (preset auto, the default): a short "
+        "probe of this machine turns it into iterations (default: 30 on a CPU, the paper's "
+        "schedule on a GPU)",
     )
 
 
