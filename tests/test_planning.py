@@ -15,6 +15,7 @@ from sparseseg.config import get_preset, preset_from_dict
 from sparseseg.data.layout import Dataset, write_case, write_dataset_json
 from sparseseg.data.phantom import HEART_LABELS, case_rng, make_case, write_phantom_dataset
 from sparseseg.data.volume import Volume, affine_from_spacing
+from sparseseg.errors import InputError
 from sparseseg.planning import fingerprint, fingerprint_arrays, make_plan, plan_preset
 from sparseseg.planning.budget import ITERATION_FIELDS, fit_budget, inference_seconds
 from sparseseg.planning.plan import describe, pooling, total_stride
@@ -277,6 +278,82 @@ def test_experiment_plans_the_full_supervision_budget_for_the_3d_model_alone(tmp
     assert set(plan["budget"]["reserve_seconds"]) == {"test", "io"}  # no PLs, no NN-fit
     everything = plan_preset(data, {"budget_minutes": 0.5})
     assert plan["preset"]["train3d"]["iterations"] > everything.train3d.iterations
+
+
+def _spread_fp(shapes, spacings):
+    """A fingerprint of cases with their own shapes and spacings (as fingerprint_arrays)."""
+    spacing = np.array(spacings, float)
+    fp = _fp(np.median(np.array(shapes), 0).round().astype(int), np.median(spacing, 0))
+    return {
+        **fp,
+        "cases": len(shapes),
+        "shapes": [list(s) for s in shapes],
+        "spacings": spacing.tolist(),
+        "spacing_spread": [spacing.min(0).tolist(), spacing.max(0).tolist()],
+    }
+
+
+def test_plan_resamples_to_the_median_spacing_only_where_cases_differ():
+    from sparseseg.planning.plan import at_spacing, plan_target_spacing
+
+    # one case at 2 mm among 1 mm cases: the median, 1 mm; its 16^3 voxels become 32^3
+    mixed = _spread_fp([(24,) * 3, (60,) * 3, (16,) * 3], [(1, 1, 1), (1, 1, 1), (2, 2, 2)])
+    assert plan_target_spacing(mixed) == (1.0, 1.0, 1.0)
+    assert at_spacing(mixed, (1.0, 1.0, 1.0))["median_shape"] == [32, 32, 32]
+    plan, kept = make_plan(mixed), make_plan(mixed, target_spacing=None)
+    assert plan.target_spacing == (1.0, 1.0, 1.0) and kept.target_spacing is None
+    # patch: the median shape on each grid x 1.25, rounded up to the total stride (8)
+    assert plan.train3d.patch == (40, 40, 40) and kept.train3d.patch == (32, 32, 32)
+    assert describe(plan, mixed)[0].endswith("resample to 1x1x1 mm (median 32x32x32 voxels)")
+    assert describe(kept, mixed)[0].endswith("no resampling")
+    # cases that share a spacing keep their grids: MSD Hippocampus (all 1 mm), thick sections
+    # that agree (their thickness is kept), and spacings within 10% of the median
+    assert plan_target_spacing(_fp((35, 50, 36), (1.0, 1.0, 1.0))) is None
+    assert make_plan(_fp((128, 128, 24), (1.0, 1.0, 10.0))).target_spacing is None
+    close = _spread_fp([(20,) * 3] * 3, [(1, 1, 2), (1.05, 1, 2), (0.95, 1, 2.1)])
+    assert plan_target_spacing(close) is None
+    thick = _spread_fp([(64, 64, 8)] * 3, [(1, 1, 10), (1, 1, 10), (1, 1, 5)])
+    assert plan_target_spacing(thick) == (1.0, 1.0, 10.0)
+
+
+def _two_spacings(root: Path) -> Path:
+    """Three heart phantom training cases, two at 1 x 1 x 2 mm and one at 1 x 1 x 1 mm."""
+    for i, (spacing, shape) in enumerate(
+        [((1, 1, 2), (24, 24, 12))] * 2 + [((1, 1, 1), (24,) * 3)]
+    ):
+        image, label = make_case("heart", case_rng(0, "heart", i), shape)
+        affine = affine_from_spacing(spacing)
+        write_case(root, f"h{i}", Volume(image.array, affine), Volume(label.array, affine))
+    write_dataset_json(root, HEART_LABELS, num_training=3)
+    return root
+
+
+def test_target_spacing_is_planned_overridden_and_recorded(tmp_path):
+    data = _two_spacings(tmp_path / "d")
+    runs = {}
+    for name, extra in (("planned", {}), ("none", {"target_spacing": "none"})):
+        extra_set = {**FEW_STEPS, **extra}
+        runs[name] = {"out": tmp_path / name, "lines": []}
+        runs[name]["out"].mkdir()
+        runs[name]["preset"] = plan_preset(
+            data, extra_set, model_dir=runs[name]["out"], log=runs[name]["lines"].append
+        )
+    planned, none = runs["planned"], runs["none"]
+    assert planned["preset"].target_spacing == (1.0, 1.0, 2.0)
+    assert "resample to 1x1x2 mm (median 24x24x12 voxels)" in planned["lines"][0]
+    notes = json.loads((planned["out"] / "plan.json").read_text())["notes"]
+    assert notes["target_spacing"] == [1.0, 1.0, 2.0] and notes["spacing_differs_across_cases"]
+    assert notes["resampling"].startswith("to 1x1x2 mm: 1 of 3 training cases resampled")
+    assert none["preset"].target_spacing is None and none["lines"][0].endswith("no resampling")
+    stored = json.loads((none["out"] / "plan.json").read_text())
+    assert stored["notes"]["resampling"].startswith("none")
+    assert stored["notes"]["planned_target_spacing"] == [1.0, 1.0, 2.0]
+    # another target: patch and pooling are planned on its grid (z at 1 mm: 24 voxels)
+    iso = plan_preset(data, {**FEW_STEPS, "target_spacing": "1,1,1"})
+    assert iso.target_spacing == (1.0, 1.0, 1.0)
+    assert iso.train3d.patch[2] > planned["preset"].train3d.patch[2]
+    with pytest.raises(InputError, match="target_spacing must be three"):
+        plan_preset(data, {**FEW_STEPS, "target_spacing": "1,2"})
 
 
 def test_auto_is_the_default_preset_of_the_cli_the_api_and_the_demo(tmp_path, capsys):

@@ -118,9 +118,9 @@ def test_train_reads_the_store_and_leaves_no_cache(dataset, tmp_path, monkeypatc
 
     roots = []
 
-    def recording(ds, root, split="Tr"):
+    def recording(ds, root, split="Tr", target_spacing=None):
         roots.append(Path(root))
-        return training_store(ds, root, split)
+        return training_store(ds, root, split, target_spacing)
 
     monkeypatch.setattr(store, "training_store", recording)
     state = train(dataset, tmp_path / "model", "cpu", TINIER, progress=False, report=False)

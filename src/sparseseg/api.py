@@ -223,7 +223,8 @@ def predict(
     """Segment images with a trained model folder; like ``sparseseg predict``.
 
     ``images`` a NIfTI file or folder (written to ``out``; returns ``{case: {part: path}}``), or
-    an (X, Y, Z) array or Volume, (C, X, Y, Z) for a model trained on C channels (returns
+    an (X, Y, Z) array or Volume (a model trained at a target spacing needs a Volume, for
+    its spacing), (C, X, Y, Z) for a model trained on C channels (returns
     ``{part: Prediction}`` with ``labels`` uint8 (X, Y, Z) and, with ``probabilities``, float32
     (C, X, Y, Z); nothing is written). ``parts``: 'meta'
     (default), base models alone ('3d', 'xy', 'xz', 'yz'), several, or 'all' (the meta-model,
@@ -236,9 +237,12 @@ def predict(
     parse_parts(parts)  # a bad list fails before any model is loaded
     if isinstance(images, (np.ndarray, Volume)):
         array = images.array if isinstance(images, Volume) else images
+        spacing = images.spacing if isinstance(images, Volume) else None
         predictor = Predictor(model, device=device, precision=precision)
         parts = parse_parts(parts, trained_parts(predictor.bundle))
-        return predictor.predict(np.asarray(array, np.float32), parts, probabilities=probabilities)
+        return predictor.predict(
+            np.asarray(array, np.float32), parts, probabilities=probabilities, spacing=spacing
+        )
     if out is None:
         raise InputError("predicting files needs an output folder (out=...)", images)
     return predict_files(

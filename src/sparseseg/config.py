@@ -159,6 +159,11 @@ class Preset:
     # Time budget of Steps II and III in minutes (preset 'auto'): iterations are then planned
     # from a throughput probe (see sparseseg.planning); 0 keeps the iterations as set.
     budget_minutes: float = 0.0
+    # Voxel size (mm, x y z) the models train and predict at; None: every case keeps its grid.
+    # Cases whose shape at this spacing differs are resampled (sparseseg.data.resample) for
+    # training, and inputs for prediction (outputs go back to each input's grid). 'auto' plans
+    # it (sparseseg.planning.plan.plan_target_spacing).
+    target_spacing: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
@@ -344,8 +349,9 @@ def _convert(value: Any, current: Any) -> Any:
         text = value.strip()
         if text.lower() in ("none", "null"):
             return None
-        if current is None:
-            return float(text)
+        if current is None:  # a number, or several (target_spacing=1,1,2.5 or 1x1x2.5)
+            numbers = tuple(float(p) for p in text.replace("x", ",").split(",") if p.strip())
+            return numbers[0] if len(numbers) == 1 else numbers
         if isinstance(current, bool):
             if text.lower() in ("1", "true", "yes", "on"):
                 return True
@@ -394,7 +400,11 @@ def apply_overrides(preset: Preset, overrides: list[str] | dict[str, Any]) -> Pr
     for key, value in items:
         preset = _set(preset, key.split("."), value)
     check_meta_schedule(preset.meta)
-    return dataclasses.replace(preset, planes=parse_planes(preset.planes))
+    return dataclasses.replace(
+        preset,
+        planes=parse_planes(preset.planes),
+        target_spacing=check_target_spacing(preset.target_spacing),
+    )
 
 
 def check_meta_schedule(meta: MetaConfig) -> None:
@@ -404,6 +414,23 @@ def check_meta_schedule(meta: MetaConfig) -> None:
             f"meta.stage1_iterations ({meta.stage1_iterations}) must lie between 0 and "
             f"meta.train.iterations ({meta.train.iterations}), the meta-model's whole schedule"
         )
+
+
+def check_target_spacing(spacing) -> tuple[float, float, float] | None:
+    """``spacing`` as three floats (mm), or None; ValueError unless it is None or three positive
+    finite numbers."""
+    if spacing is None:
+        return None
+    values = tuple(spacing) if isinstance(spacing, (tuple, list)) else (spacing,)
+    ok = len(values) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")
+        for v in values
+    )
+    if not ok:
+        raise ValueError(
+            f"target_spacing must be three positive numbers in mm (x,y,z) or none, got {spacing}"
+        )
+    return tuple(float(v) for v in values)
 
 
 def _from_dict(cls, data: dict[str, Any]):

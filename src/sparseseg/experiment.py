@@ -251,7 +251,9 @@ def full_run(
         import torch
 
         torch.manual_seed(seed)
-        cases = training_store(dataset, run_dir / CACHE_DIR / "train")  # memory-mapped
+        cases = training_store(  # memory-mapped
+            dataset, run_dir / CACHE_DIR / "train", "Tr", cfg.target_spacing
+        )
         model, history = train_model3d(
             cases,
             dataset.num_classes,
@@ -278,7 +280,7 @@ def full_run(
         if out.exists():
             continue
         image = dataset.load_image(case, "Ts")
-        labels = predictor.predict(image.array, ("3d",))["3d"].labels
+        labels = predictor.predict(image.array, ("3d",), spacing=image.spacing)["3d"].labels
         write_nifti(out, image.with_array(labels))
     metrics = evaluate(pred_dir, dataset.root, out=run_dir / "metrics.json", split="Ts")
     common = {

@@ -72,14 +72,21 @@ def _mark(model_dir: Path, state: dict, stage: str, **info) -> None:
     distributed.run_on_main(lambda: write_json(model_dir / STATE_FILE, state))
 
 
-def meta_cases(dataset: Dataset, stage2_dir: str | Path, sets: Sequence[str]) -> list[dict]:
-    """The meta-model's training samples: every training image with its A(Y) and PL ``sets``,
-    all in memory (``train`` reads them from a case store instead: :func:`run_meta_stage`)."""
-    from sparseseg.pseudolabels import read_meta_case
-    from sparseseg.runtime import zscore
+def meta_cases(
+    dataset: Dataset,
+    stage2_dir: str | Path,
+    sets: Sequence[str],
+    target_spacing: Sequence[float] | None = None,
+) -> list[dict]:
+    """The meta-model's training samples: every training image (on the grid of
+    ``target_spacing`` where its own differs) with its A(Y) and PL ``sets``, all in memory
+    (``train`` reads them from a case store instead: :func:`run_meta_stage`)."""
+    from sparseseg.pseudolabels import read_meta_case, training_case
 
     return [
-        read_meta_case(stage2_dir, case, sets, zscore(dataset.load_image(case).array))
+        read_meta_case(
+            stage2_dir, case, sets, training_case(dataset, case, "Tr", target_spacing)["image"]
+        )
         for case in dataset.cases("Tr")
     ]
 
@@ -109,7 +116,9 @@ def run_meta_stage(
     stage_dir.mkdir(parents=True, exist_ok=True)
     sets = pl_sets(preset.planes)
     cases = distributed.run_on_main(
-        lambda: meta_store(dataset, model_dir / STAGE2_DIR, sets, model_dir / CACHE_DIR)
+        lambda: meta_store(
+            dataset, model_dir / STAGE2_DIR, sets, model_dir / CACHE_DIR, preset.target_spacing
+        )
     )
     t0 = time.perf_counter()
     result = train_meta(

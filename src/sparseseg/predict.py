@@ -24,7 +24,10 @@ or ``OUT/PART/CASE.nii.gz`` for several parts; with probabilities also
 suffix and without nnU-Net's ``_XXXX`` channel suffix, so ``sparseseg evaluate`` matches it to
 ``labelsTs/CASE.nii.gz``. In a folder the files ``CASE_0000``, ``CASE_0001``, ... are the channels
 of one case (nnU-Net's naming); a model trained on C channels needs all C of every case. Outputs
-are written in each input's own orientation, with its affine and header geometry. With the
+are written in each input's own orientation, with its affine and header geometry, on its own
+grid: a model trained at a target spacing (``target_spacing`` of its preset) predicts an input
+whose grid differs there and brings each part's probabilities back to the input's shape (linear)
+before the argmax. With the
 meta-model, quality flags (:mod:`sparseseg.quality`): ``OUT/quality/CASE.json`` per case, and the
 cases and slices to check first, ranked, in ``OUT/quality.json``, ``OUT/quality_cases.csv`` and
 ``OUT/quality_slices.csv``.
@@ -117,6 +120,27 @@ class Predictor:
             self._models[part] = self.bundle.build(part).to(self.device)
         return self._models[part]
 
+    @property
+    def target_spacing(self) -> tuple[float, ...] | None:
+        """The spacing (mm) the models were trained at; None: each case's own grid."""
+        return self.preset.target_spacing
+
+    def grid(self, shape: Sequence[int], spacing: Sequence[float] | None) -> tuple[int, ...]:
+        """The spatial shape an image of ``shape`` at ``spacing`` is predicted at: resampled to
+        the target spacing, or ``shape`` itself (no target, or no change)."""
+        from sparseseg.data.resample import resampled_shape
+
+        shape = tuple(int(n) for n in shape)
+        if self.target_spacing is None:
+            return shape
+        if spacing is None:
+            raise InputError(
+                f"the model works at {'x'.join(f'{s:g}' for s in self.target_spacing)} mm: "
+                "give the image's spacing (or predict a NIfTI file)",
+                self.bundle.source,
+            )
+        return resampled_shape(shape, spacing, self.target_spacing)
+
     def predict(
         self,
         image: np.ndarray,
@@ -124,10 +148,17 @@ class Predictor:
         *,
         probabilities: bool | Sequence[str] = False,
         step: Callable[[str], None] | None = None,
+        spacing: Sequence[float] | None = None,
     ) -> dict[str, Prediction]:
         """Predict ``parts`` for one raw image (X, Y, Z), or (C, X, Y, Z) with the model's C
         channels; ``step(name)`` is called after each model run (for progress bars).
-        ``probabilities``: True for every part, or the parts whose probabilities to keep."""
+        ``probabilities``: True for every part, or the parts whose probabilities to keep.
+
+        ``spacing`` (mm), needed by a model with a target spacing: an image whose grid differs
+        is resampled there (cubic), every model runs on that grid (A(Y) included), and each
+        part's probabilities go back to the image's shape (linear) before the argmax, so
+        labels and probabilities are always on the image's own grid."""
+        from sparseseg.data.resample import resample_image, resample_probabilities
         from sparseseg.inference import argmax_uint8, predict_planes_2d, predict_volume_3d
         from sparseseg.pseudolabels import MeanMap
         from sparseseg.runtime import zscore
@@ -144,7 +175,18 @@ class Predictor:
                 f"the model was trained on {cin} channel(s): expected an image {expected}, "
                 f"got shape {image.shape}"
             )
-        x = zscore(image)
+        own = tuple(image.shape[-3:])
+        grid = self.grid(own, spacing)
+        resampled = grid != own
+        x = zscore(resample_image(image, grid) if resampled else image)
+
+        def prediction(labels: np.ndarray, probs: np.ndarray | None, keep: bool) -> Prediction:
+            """A part's result on the image's own grid (``probs`` always given if resampled)."""
+            if resampled:
+                probs = resample_probabilities(probs, own)
+                labels = argmax_uint8(probs)
+            return Prediction(labels, probs if keep else None)
+
         c = self.num_classes
         ay = MeanMap(c, x.shape[-3:])
         out: dict[str, Prediction] = {}
@@ -152,7 +194,7 @@ class Predictor:
         runs = runs_needed(parts, self.pl_sets)
         with_probs = set(parts) if probabilities is True else set(probabilities or ()) & set(parts)
         for plane in [p for p in runs if p in PLANES]:
-            keep_probs = plane in with_probs
+            keep_probs = plane in with_probs or (resampled and plane in parts)
             result = predict_planes_2d(
                 self.model("2d"),
                 x,
@@ -167,7 +209,7 @@ class Predictor:
             if plane in self.pl_sets:
                 ay.add(labels)
             if plane in parts:
-                out[plane] = Prediction(labels, result if keep_probs else None)
+                out[plane] = prediction(labels, result if keep_probs else None, plane in with_probs)
             del result, labels
             tick(plane)
         if "3d" in runs:
@@ -182,7 +224,7 @@ class Predictor:
             labels = argmax_uint8(probs)
             ay.add(labels)
             if "3d" in parts:
-                out["3d"] = Prediction(labels, probs if "3d" in with_probs else None)
+                out["3d"] = prediction(labels, probs, "3d" in with_probs)
             del probs, labels
             tick("3d")
         if "meta" in parts:
@@ -200,7 +242,7 @@ class Predictor:
                 **common,
             )
             del inputs
-            out["meta"] = Prediction(argmax_uint8(probs), probs if "meta" in with_probs else None)
+            out["meta"] = prediction(argmax_uint8(probs), probs, "meta" in with_probs)
             del probs
             tick("meta")
         return {p: out[p] for p in PARTS if p in out}
@@ -350,7 +392,11 @@ def predict_files(
             bar.set_postfix(case=case, refresh=False)
             volume = read_channels(groups[case])
             result = predictor.predict(
-                volume.array, run_parts, probabilities=keep_probs, step=lambda _n: bar.update(1)
+                volume.array,
+                run_parts,
+                probabilities=keep_probs,
+                step=lambda _n: bar.update(1),
+                spacing=volume.spacing,
             )
             if quality:
                 write_json(quality_path(out_dir, case), case_record(predictor, result))

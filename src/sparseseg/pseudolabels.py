@@ -8,15 +8,20 @@ On disk, under ``OUT`` (each file written atomically; rerunning skips what exist
     OUT/checkpoints/model2d.ckpt, ...      training checkpoints (resume with ``resume=True``)
     OUT/pl_xy/ pl_xz/ pl_yz/ pl_3d/        one nnU-Net raw dataset per PL set: dataset.json,
                                            imagesTr/CASE_0000 (hard links or copies of the source
-                                           images), labelsTr/CASE (dense labels 0..C-1)
+                                           images; the resampled image of a case resampled to the
+                                           preset's target_spacing), labelsTr/CASE (dense labels
+                                           0..C-1)
     OUT/mean/CASE.nii.gz                   A(Y): mean of the one-hot PL sets, float32 (X, Y, Z, C)
                                            (of the raw predictions with ``meta.ay_manual=false``)
     OUT/step2.json                         summary: preset, classes, cases, training histories
     OUT/fingerprint.json                   what OUT was made from (``pseudolabel`` only; see
                                            sparseseg.fingerprint)
 
-Every PL keeps the manual label wherever the voxel was annotated (label != ignore). All NIfTI files
-carry the source image's affine. Images are z-scored per volume before training and inference.
+Every PL keeps the manual label wherever the voxel was annotated (label != ignore). Cases are
+trained on and pseudo-labelled on the grid of :func:`training_volumes`: their own, or the
+preset's ``target_spacing`` where their spacing differs. All NIfTI files carry the affine of the
+image on that grid (the source image's where no resampling took place). Images are z-scored per
+volume before training and inference.
 
 Under torchrun (see :mod:`sparseseg.distributed`) the base models train with DDP on every rank,
 the cases to pseudo-label are split across ranks, and rank 0 alone writes the models, the summary
@@ -109,19 +114,37 @@ def training_ignore_index(dataset: Dataset) -> int:
     return dataset.num_classes if ignore is None else int(ignore)
 
 
-def load_training_cases(dataset: Dataset, split: str = "Tr") -> list[dict[str, np.ndarray]]:
+def load_training_cases(
+    dataset: Dataset, split: str = "Tr", target_spacing: Sequence[float] | None = None
+) -> list[dict[str, np.ndarray]]:
     """``[{'image': z-scored float32 (X, Y, Z) or (C, X, Y, Z), 'label': int16 (X, Y, Z)}]`` for
-    every case (z-scored per channel)."""
+    every case (z-scored per channel), on the grid of ``target_spacing`` (see
+    :func:`training_volumes`)."""
     if not dataset.has_labels(split):
         raise InputError(f"every case in images{split} needs a label file", dataset.root)
-    return [training_case(dataset, case, split) for case in dataset.cases(split)]
+    return [training_case(dataset, case, split, target_spacing) for case in dataset.cases(split)]
 
 
-def training_case(dataset: Dataset, case: str, split: str = "Tr") -> dict[str, np.ndarray]:
+def training_volumes(
+    dataset: Dataset, case: str, split: str = "Tr", target_spacing: Sequence[float] | None = None
+):
+    """(image, label) Volumes of a case as the models train on them: resampled to
+    ``target_spacing`` (the preset's; image cubic, label nearest) where the case's grid differs,
+    else as read. Every per-case array training uses comes from here."""
+    from sparseseg.data.resample import resample_volume
+
+    image, label = dataset.load_pair(case, split)
+    image = resample_volume(image, target_spacing)
+    return image, resample_volume(label, target_spacing, labels=True)
+
+
+def training_case(
+    dataset: Dataset, case: str, split: str = "Tr", target_spacing: Sequence[float] | None = None
+) -> dict[str, np.ndarray]:
     """One case of :func:`load_training_cases` (also what the case store keeps)."""
     from sparseseg.runtime import zscore
 
-    image, label = dataset.load_pair(case, split)
+    image, label = training_volumes(dataset, case, split, target_spacing)
     return {"image": zscore(image.array), "label": label.array.astype(np.int16)}
 
 
@@ -245,7 +268,8 @@ def train_base_models(
     if not dataset.has_labels("Tr"):
         raise InputError("every case in imagesTr needs a label file", dataset.root)
     cache = Path(cache_dir) if cache_dir is not None else out_dir / CACHE_DIR
-    cases = distributed.run_on_main(lambda: training_store(dataset, cache / "train"))
+    target = preset.target_spacing
+    cases = distributed.run_on_main(lambda: training_store(dataset, cache / "train", "Tr", target))
     num_classes, ignore = dataset.num_classes, training_ignore_index(dataset)
     summary = _read_summary(out_dir)
     for name, trainer, cfg in (
@@ -407,6 +431,15 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             shutil.copy2(src, tmp)
 
 
+def _write_images(dataset: Dataset, case: str, image, roots: Sequence[Path]) -> None:
+    """The channels of ``image`` (a Volume on its own grid) as ROOT/imagesTr/CASE_XXXX files,
+    named as in ``dataset``, for each of ``roots``."""
+    channels = image.array if image.array.ndim == 4 else image.array[None]
+    for root in roots:
+        for path, channel in zip(dataset.image_paths(case), channels, strict=True):
+            write_nifti(root / "imagesTr" / path.name, image.with_array(channel))
+
+
 def generate_pseudolabels(
     dataset: Dataset | str | Path,
     out_dir: str | Path,
@@ -417,7 +450,11 @@ def generate_pseudolabels(
 ) -> list[str]:
     """Write the four PL sets and A(Y) of every training case (skipping finished cases).
 
-    Needs the base models in OUT/models (see :func:`train_base_models`). Returns the cases.
+    Needs the base models in OUT/models (see :func:`train_base_models`). Every case is
+    pseudo-labelled on the grid its base models trained on (:func:`training_volumes`): a case
+    resampled to ``preset.target_spacing`` has its PL sets and A(Y) on that grid, and its
+    resampled image in each PL dataset's imagesTr (the others link the source image). Returns
+    the cases.
     """
     from sparseseg.progress import progress_bar
 
@@ -436,7 +473,9 @@ def generate_pseudolabels(
         ignore = training_ignore_index(dataset)
         bar = progress and distributed.is_main()
         for case in progress_bar(todo, desc="pseudo-labels", enabled=bar, unit="case"):
-            image, label = dataset.load_pair(case)
+            image, label = training_volumes(dataset, case, "Tr", preset.target_spacing)
+            if image.source is None:  # resampled: the PL datasets get the image on its grid
+                _write_images(dataset, case, image, [pl_dir(out_dir, s) for s in sets])
             image = image.with_array(zscore(image.array))  # the raw array is not kept
             pls, ay = compute_pseudolabels(
                 model2d, model3d, image.array, preset, label.array, ignore, device=device
@@ -568,7 +607,14 @@ def read_meta_case(
     image = np.asarray(image, np.float32)
     image = image if image.ndim == 4 else image[None]
     cin, shape = image.shape[0], image.shape[1:]
-    channels = _mean_map_image(out_dir, case).shape[3]
+    mean_map = _mean_map_image(out_dir, case)
+    if tuple(mean_map.shape[:3]) != tuple(shape):  # e.g. pseudo-labels of another target grid
+        raise InputError(
+            f"A(Y) of case {case!r} has shape {tuple(mean_map.shape[:3])}, its training image "
+            f"{tuple(shape)}: the pseudo-labels were made on another grid; make them again",
+            mean_path(out_dir, case),
+        )
+    channels = mean_map.shape[3]
     x = np.empty((cin + channels, *shape), np.float32)
     x[:cin] = image
     read_mean_map(out_dir, case, out=x[cin:])

@@ -113,43 +113,56 @@ class CaseStore:
         return self.case(case)
 
 
-def training_store(dataset, root: str | Path, split: str = "Tr") -> list[StoredCase]:
+def training_store(
+    dataset,
+    root: str | Path,
+    split: str = "Tr",
+    target_spacing: Sequence[float] | None = None,
+) -> list[StoredCase]:
     """Store (or reuse) ``{'image': z-scored float32, 'label': int16}`` of every case of
     ``split``, one case in memory at a time; returns the cases in :meth:`Dataset.cases` order,
-    each the arrays of :func:`sparseseg.pseudolabels.training_case`."""
+    each the arrays of :func:`sparseseg.pseudolabels.training_case` (on the grid of
+    ``target_spacing`` where a case's differs)."""
     from sparseseg.pseudolabels import training_case
 
     store = CaseStore(root)
     out = []
     for case in dataset.cases(split):
         paths = [*dataset.image_paths(case, split), dataset.label_path(case, split)]
-        make = partial(training_case, dataset, case, split)
-        out.append(store.ensure(case, {"files": file_source(paths)}, make))
+        make = partial(training_case, dataset, case, split, target_spacing)
+        out.append(store.ensure(case, _source(file_source(paths), target_spacing), make))
     return out
 
 
+def _source(files: list, target_spacing: Sequence[float] | None, **more) -> dict:
+    """A case's source record: its files, the target spacing where one is set, and ``more``."""
+    spacing = {} if target_spacing is None else {"target_spacing": list(target_spacing)}
+    return {"files": files, **spacing, **more}
+
+
 def meta_store(
-    dataset, stage2_dir: str | Path, sets: Sequence[str], root: str | Path
+    dataset,
+    stage2_dir: str | Path,
+    sets: Sequence[str],
+    root: str | Path,
+    target_spacing: Sequence[float] | None = None,
 ) -> list[StoredCase]:
     """Store (or reuse) the meta-model's sample of every training case under ``root/meta``:
     ``{'image': float32 (Cin + C, X, Y, Z), 'targets': uint8 (K, X, Y, Z)}`` as
     :func:`sparseseg.pseudolabels.read_meta_case` makes it, from the z-scored images of
-    ``root/train`` (built there when missing) and the A(Y) maps and PL ``sets`` of
-    ``stage2_dir``; one case in memory at a time."""
+    ``root/train`` (built there when missing, on the grid of ``target_spacing``) and the A(Y)
+    maps and PL ``sets`` of ``stage2_dir`` (made on that grid); one case in memory at a time."""
     from sparseseg.pseudolabels import mean_path, pl_path, read_meta_case
 
     root = Path(root)
-    train = training_store(dataset, root / "train")
+    train = training_store(dataset, root / "train", "Tr", target_spacing)
     store = CaseStore(root / "meta")
     out = []
     for case, stored in zip(dataset.cases("Tr"), train, strict=True):
         derived = [_existing(mean_path(stage2_dir, case))]
         derived += [_existing(pl_path(stage2_dir, s, case)) for s in sets]
-        source = {
-            "files": file_source([*dataset.image_paths(case), *derived]),
-            "sets": list(sets),
-        }
-
+        files = file_source([*dataset.image_paths(case), *derived])
+        source = _source(files, target_spacing, sets=list(sets))
         make = partial(read_meta_case, stage2_dir, case, sets, stored["image"])
         out.append(store.ensure(case, source, make))
     return out

@@ -24,7 +24,14 @@ from sparseseg.planning.budget import (
     probe,
 )
 from sparseseg.planning.fingerprint import fingerprint, fingerprint_arrays
-from sparseseg.planning.plan import check, describe, make_plan, plan_notes
+from sparseseg.planning.plan import (
+    PLANNED,
+    at_spacing,
+    check,
+    describe,
+    make_plan,
+    plan_notes,
+)
 
 AUTO = "auto"
 PLAN_FILE = "plan.json"
@@ -121,8 +128,12 @@ def plan_preset(
             return preset
     fp = fingerprint(dataset)
     fp["test_cases"] = len(dataset.cases("Ts")) if (dataset.root / "imagesTs").is_dir() else 0
-    preset = make_plan(fp, device_type)
     try:
+        # an overridden target spacing is planned at: patch and pooling follow the grid
+        target = PLANNED
+        if "target_spacing" in wanted:
+            target = get_preset(AUTO, {"target_spacing": wanted["target_spacing"]}).target_spacing
+        preset = make_plan(fp, device_type, target_spacing=target)
         if wanted:
             preset = apply_overrides(preset, wanted)
         check(preset)
@@ -132,7 +143,8 @@ def plan_preset(
     keep = [k for k in ITERATION_FIELDS if k in wanted]
     if budget and preset.budget_minutes > 0 and len(keep) < len(ITERATION_FIELDS):
         measured = _probe_cached(preset, dataset.num_classes, device)
-        preset, record = fit_budget(preset, fp, measured, keep, tuple(models))
+        seen = at_spacing(fp, preset.target_spacing)
+        preset, record = fit_budget(preset, seen, measured, keep, tuple(models))
     for line in describe(preset, fp):
         say(line)
     if record is not None:
@@ -141,7 +153,7 @@ def plan_preset(
         plan = {
             "request": request,
             "fingerprint": fp,
-            "notes": plan_notes(fp),
+            "notes": plan_notes(fp, preset),
             "budget": record,
             "preset": preset.to_dict(),
         }

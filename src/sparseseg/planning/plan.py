@@ -5,8 +5,12 @@ apply to it unchanged) plus a few notes on decisions that are not preset fields.
 
 Rules:
 
-- Spacing: the median spacing is the plan's reference. Cases are NOT resampled: each keeps its
-  own grid (the notes say so and give the spread of spacings across cases).
+- Spacing (:func:`plan_target_spacing`): where the training cases' spacings differ (a case
+  more than 10% from the median along some axis), every case is resampled to the median
+  spacing (``target_spacing``); where they agree, none is (``target_spacing`` None: every case
+  keeps its grid, and thick sections keep their thickness, as nnU-Net keeps the thick axis's
+  spacing). Everything below is planned at the target spacing, with the median shape of the
+  cases resampled there (:func:`at_spacing`).
 - Pooling per axis (nnU-Net): at each level, an axis is pooled while its current spacing is under
   twice the smallest current spacing and its feature map stays at least :data:`MIN_FEATURE` wide;
   a thick axis is therefore not pooled until the others have caught up with it. Kernels are 3
@@ -30,9 +34,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from sparseseg.config import Preset, get_preset
+from sparseseg.data.resample import resampled_shape
 
 MIN_FEATURE = 4  # smallest feature map along a pooled axis (nnU-Net)
+SPACING_TOLERANCE = 0.1  # cases within 10% of the median spacing on every axis share it
 THICK_RATIO = 2.0  # an axis is 'thick' while its spacing is >= 2x the smallest
 PLANES_ONLY_NORMAL_RATIO = 3.0  # anisotropy from which the 2D model sees one plane only
 NORMAL_PLANE = {0: "yz", 1: "xz", 2: "xy"}  # the plane normal to each array axis
@@ -160,15 +168,63 @@ def plan_2d(fp: dict, planes: Sequence[str], budget: Budget) -> dict:
     }
 
 
-def make_plan(fp: dict, device_type: str = "cpu", budget: Budget | None = None) -> Preset:
+def plan_target_spacing(fp: dict) -> tuple[float, float, float] | None:
+    """The median spacing where some training case lies more than :data:`SPACING_TOLERANCE`
+    from it along some axis (per-case ``spacing_spread`` of the fingerprint), else None (no
+    resampling)."""
+    median = [float(s) for s in fp["median_spacing"]]
+    lo, hi = fp["spacing_spread"]
+    differs = any(
+        max(m - a, b - m) > SPACING_TOLERANCE * m for m, a, b in zip(median, lo, hi, strict=True)
+    )
+    return tuple(median) if differs else None
+
+
+def at_spacing(fp: dict, target: Sequence[float] | None) -> dict:
+    """The fingerprint as the models see it on the grid of ``target`` (None: ``fp`` itself):
+    per-case shapes resampled there, their median, the target as the median spacing, and the
+    anisotropy and thick axis of the target."""
+    if target is None:
+        return fp
+    target = [float(t) for t in target]
+    shapes = [
+        list(resampled_shape(shape, spacing, target))
+        for shape, spacing in zip(fp["shapes"], fp["spacings"], strict=True)
+    ]
+    anisotropy = max(target) / min(target)
+    return {
+        **fp,
+        "shapes": shapes,
+        "spacings": [target] * len(shapes),
+        "median_shape": [int(round(v)) for v in np.median(np.array(shapes), axis=0)],
+        "median_spacing": target,
+        "spacing_spread": [target, target],
+        "anisotropy": anisotropy,
+        "thick_axis": int(np.argmax(target)) if anisotropy >= THICK_RATIO else None,
+    }
+
+
+PLANNED = "planned"  # make_plan's target_spacing: decide it from the fingerprint
+
+
+def make_plan(
+    fp: dict,
+    device_type: str = "cpu",
+    budget: Budget | None = None,
+    target_spacing: Sequence[float] | None | str = PLANNED,
+) -> Preset:
     """The ``auto`` preset for a fingerprint (see the module doc); iterations stay the paper's
     until a time budget sets them (:mod:`sparseseg.planning.budget`).
 
-    ``budget_minutes`` is 30 on the CPU (one MSD Hippocampus run in at most about 30 minutes
-    on two cores) and 0 (no time budget: the paper-length schedule) on CUDA.
+    ``target_spacing``: :func:`plan_target_spacing` by default, or the one to plan at (None: no
+    resampling). ``budget_minutes`` is 30 on the CPU (one MSD Hippocampus run in at most about
+    30 minutes on two cores) and 0 (no time budget: the paper-length schedule) on CUDA.
     """
     budget = budget or budget_for(device_type)
     base = get_preset("auto")
+    if isinstance(target_spacing, str):
+        target_spacing = plan_target_spacing(fp)
+    fp = at_spacing(fp, target_spacing)
     spacing, shape = fp["median_spacing"], fp["median_shape"]
     patch, strides, kernels = plan_patch(spacing, shape, budget)
     filters = widths(len(strides), budget)
@@ -201,6 +257,7 @@ def make_plan(fp: dict, device_type: str = "cpu", budget: Budget | None = None) 
         meta=meta,
         planes=planes,
         budget_minutes=0.0 if device_type == "cuda" else 30.0,
+        target_spacing=None if target_spacing is None else tuple(target_spacing),
     )
 
 
@@ -231,14 +288,25 @@ def check(preset: Preset) -> None:
                 )
 
 
-def plan_notes(fp: dict) -> dict:
-    """Decisions of the plan that are not preset fields."""
-    lo, hi = fp["spacing_spread"]
-    same = all(math.isclose(a, b, rel_tol=0.05) for a, b in zip(lo, hi, strict=True))
+def plan_notes(fp: dict, preset: Preset) -> dict:
+    """What the plan decided about the spacing, in words (plan.json)."""
+    target = preset.target_spacing
+    if target is None:
+        resampling = "none: every case keeps its own grid"
+    else:
+        moved = sum(
+            resampled_shape(shape, spacing, target) != tuple(shape)
+            for shape, spacing in zip(fp["shapes"], fp["spacings"], strict=True)
+        )
+        resampling = (
+            f"to {_x(target)} mm: {moved} of {fp['cases']} training cases resampled (images "
+            "cubic, labels nearest); predictions go back to each input's grid"
+        )
     return {
-        "target_spacing": fp["median_spacing"],
-        "resampling": "none: every case keeps its own grid (resampling is not implemented)",
-        "spacing_differs_across_cases": not same,
+        "target_spacing": None if target is None else list(target),
+        "planned_target_spacing": plan_target_spacing(fp),
+        "resampling": resampling,
+        "spacing_differs_across_cases": plan_target_spacing(fp) is not None,
         "anisotropy": fp["anisotropy"],
     }
 
@@ -251,6 +319,13 @@ def _x(values: Sequence) -> str:
     return "x".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
+def _resampling(target: Sequence[float] | None, fp: dict) -> str:
+    if target is None:
+        return "no resampling"
+    there = at_spacing(fp, target)["median_shape"] if "spacings" in fp else None
+    return f"resample to {_x(target)} mm" + (f" (median {_x(there)} voxels)" if there else "")
+
+
 def describe(preset: Preset, fp: dict | None = None) -> list[str]:
     """A few lines that say what the plan is (printed at the start of a run)."""
     lines = []
@@ -260,7 +335,7 @@ def describe(preset: Preset, fp: dict | None = None) -> list[str]:
             f"training cases, median {_x(fp['median_shape'])} voxels at "
             f"{_x([round(s, 6) for s in fp['median_spacing']])} mm (anisotropy "
             f"{fp['anisotropy']:.2g}), {fp['annotated_fraction']:.0%} of voxels annotated; "
-            "no resampling"
+            + _resampling(preset.target_spacing, fp)
         )
     m3, t3 = preset.model3d, preset.train3d
     if m3.arch == "dynunet":

@@ -251,7 +251,7 @@ def advise(
     names = ds.cases("Tr")
     if not names:
         raise InputError("dataset has no training cases (imagesTr is empty)", ds.root)
-    volumes = []
+    volumes, spacings = [], []
     for name in names:
         image = ds.load_image(name)
         try:
@@ -259,6 +259,7 @@ def advise(
         except InputError as exc:
             raise InputError(exc.problem, ds.image_path(name)) from None
         volumes.append(image.array)
+        spacings.append(image.spacing)
     labels = maps = None
     if model is not None:
         from sparseseg.predict import Predictor
@@ -271,13 +272,15 @@ def advise(
                 predictor.bundle.source,
             )
         labels, maps = [], []
-        for name, vol in progress_bar(
-            list(zip(names, volumes, strict=True)), desc="model uncertainty", enabled=progress
+        for name, vol, spacing in progress_bar(
+            list(zip(names, volumes, spacings, strict=True)),
+            desc="model uncertainty",
+            enabled=progress,
         ):
             if not ds.label_path(name).exists():
                 raise InputError("the round view needs the current labels", ds.label_path(name))
             labels.append(ds.load_label(name).array)
-            maps.append(model_uncertainty(predictor, vol, uncertainty))
+            maps.append(model_uncertainty(predictor, vol, uncertainty, spacing))
     fs = slice_features(
         volumes, planes, extractor, weights, seed, steps, image_size, device, progress,
         feature_cache,

@@ -40,17 +40,20 @@ ALLOCATION_RULE = (
 )
 
 
-def model_uncertainty(predictor, image: np.ndarray, kind: str = DEFAULT_KIND) -> np.ndarray:
+def model_uncertainty(
+    predictor, image: np.ndarray, kind: str = DEFAULT_KIND, spacing=None
+) -> np.ndarray:
     """Voxel uncertainty (X, Y, Z) float32 in [0, 1] of a model (a
-    :class:`~sparseseg.predict.Predictor`) on ``image`` (X, Y, Z); ``kind`` as in
-    :mod:`sparseseg.uncertainty`. Only the parts that ``kind`` needs are run."""
+    :class:`~sparseseg.predict.Predictor`) on ``image`` (X, Y, Z) at ``spacing`` (mm; needed by
+    a model with a target spacing); ``kind`` as in :mod:`sparseseg.uncertainty`. Only the parts
+    that ``kind`` needs are run."""
     if kind not in KINDS:
         raise InputError(f"unknown uncertainty {kind!r}; choose one of {', '.join(KINDS)}")
     sets = tuple(predictor.pl_sets)
     if kind == "meta-entropy":
-        out = predictor.predict(image, ("meta",), probabilities=("meta",))
+        out = predictor.predict(image, ("meta",), probabilities=("meta",), spacing=spacing)
         return voxel_uncertainty(kind, meta_probs=out["meta"].probabilities)
-    out = predictor.predict(image, sets)
+    out = predictor.predict(image, sets, spacing=spacing)
     votes = vote_counts([out[p].labels for p in sets], predictor.num_classes)
     return voxel_uncertainty(kind, votes, len(sets))
 
@@ -272,5 +275,5 @@ def _dataset_round_case(ds, name: str, predictor, kind: str, planes) -> RoundCas
     if not ds.label_path(name).exists():
         raise InputError("a later round needs the current labels", ds.label_path(name))
     label = ds.load_label(name, image=image)
-    voxels = model_uncertainty(predictor, image.array, kind)
+    voxels = model_uncertainty(predictor, image.array, kind, image.spacing)
     return round_case(image.array, label.array, voxels, name, planes, ds.ignore_value)
