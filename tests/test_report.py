@@ -48,7 +48,7 @@ def test_summary_table_mean_and_std_over_seeds():
     ra_st_s10 = next(line for line in lines if line.startswith("| RA+ST | s10"))
     # dice = 0.8 + 0.05 - 0.01 + seed/100 over seeds 0, 1 -> mean 0.845, std 0.00707
     assert "0.845 ± 0.007" in ra_st_s10
-    assert any(line.startswith("| DVN (full annotation) | full") for line in lines)
+    assert any(line.startswith("| 3D (full annotation) | full") for line in lines)
     assert lines[2].split("|")[2].strip() == "s20"  # sparsest budget first, full last
 
 
@@ -58,7 +58,7 @@ def test_budget_plot_writes_png(tmp_path):
     assert "RA+ST" in labels and "Full annotation" in labels
     assert not any("2D" in label for label in labels)  # per-plane models stay in the tables
     labels = report.plot_budget_curve(_rows(), tmp_path / "all.png", models=("meta", "xy"))
-    assert any("2D FCN (xy)" in label for label in labels)
+    assert any("2D (xy)" in label for label in labels)
 
 
 def test_paired_difference_matches_hand_computation():

@@ -77,9 +77,9 @@ def overlay_figure(dataset: Dataset, out: Path, budget: float, seed: int, path: 
     panels = [("Truth", truth.array)]
     for title, run, part in (
         ("Full annotation", f"full-seed{seed}", None),
-        (f"Sparse DVN w/ EIA s{budget:g}", f"eia-s{budget:g}-seed{seed}", "3d"),
+        (f"Sparse 3D w/ EIA s{budget:g}", f"eia-s{budget:g}-seed{seed}", "3d"),
         (f"EIA+ST s{budget:g}", f"eia-s{budget:g}-seed{seed}", "meta"),
-        (f"Sparse DVN w/ RA s{budget:g}", f"ra-s{budget:g}-seed{seed}", "3d"),
+        (f"Sparse 3D w/ RA s{budget:g}", f"ra-s{budget:g}-seed{seed}", "3d"),
         (f"RA+ST s{budget:g}", f"ra-s{budget:g}-seed{seed}", "meta"),
     ):
         if part is None:

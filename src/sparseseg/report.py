@@ -32,14 +32,15 @@ RESULT_FIELDS = [
     "rand_f",
     "train_seconds",
 ]
-# Model names as the paper labels them.
+# Model names as the paper labels them, without its networks' names (DVN, FCN): the networks
+# depend on the preset.
 MODEL_TITLES = {
-    "3d": "Sparse DVN w/ {S}",
-    "xy": "Sparse 2D FCN (xy) w/ {S}",
-    "xz": "Sparse 2D FCN (xz) w/ {S}",
-    "yz": "Sparse 2D FCN (yz) w/ {S}",
+    "3d": "Sparse 3D w/ {S}",
+    "xy": "Sparse 2D (xy) w/ {S}",
+    "xz": "Sparse 2D (xz) w/ {S}",
+    "yz": "Sparse 2D (yz) w/ {S}",
     "meta": "{S}+ST",
-    "full": "DVN (full annotation)",
+    "full": "3D (full annotation)",
 }
 
 
@@ -76,7 +77,7 @@ def _parse(text: str):
 
 
 def method_name(row: dict) -> str:
-    """'RA+ST', 'Sparse DVN w/ EIA', ... from a row's model and strategy."""
+    """'RA+ST', 'Sparse 3D w/ EIA', ... from a row's model and strategy."""
     strategy = str(row.get("strategy") or "").upper()
     return MODEL_TITLES.get(str(row["model"]), str(row["model"])).format(S=strategy)
 
@@ -129,7 +130,7 @@ def summary_table(rows: list[dict], metrics: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-FIGURE_MODELS = ("meta", "3d")  # the paper's Fig. 5: the self-trained model and the sparse DVN
+FIGURE_MODELS = ("meta", "3d")  # the paper's Fig. 5: the self-trained model and the sparse 3D model
 
 
 def plot_budget_curve(
