@@ -2,8 +2,9 @@
 
 For each strategy, budget and seed the runner selects slices on the training split
 (``select --simulate-from-labels``), trains Steps II and III on the sparse labels, and scores
-every model part on the test split: the self-trained meta-model (RA+ST), the sparse 3D model and the
-2D model per plane. Once per seed it also trains the 3D model on the dense labels (full supervision).
+every model part on the test split: the self-trained meta-model (RA+ST), the sparse 3D model and
+the 2D model per plane. Once per seed it also trains the 3D model on the dense labels (full
+supervision).
 
 The strategy ``rounds`` simulates annotation in two rounds at the cost of one-shot ``s_k``: the
 first round is the ``ra`` run at ``s_2k`` (run first if the grid lacks it); its model then
