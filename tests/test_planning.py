@@ -356,12 +356,12 @@ def test_target_spacing_is_planned_overridden_and_recorded(tmp_path):
         plan_preset(data, {**FEW_STEPS, "target_spacing": "1,2"})
 
 
-def test_auto_is_the_default_preset_of_the_cli_the_api_and_the_demo(tmp_path, capsys):
+def test_auto_is_the_default_preset_of_the_cli_and_the_api(tmp_path, capsys):
     import inspect
 
     from sparseseg import api
     from sparseseg.cli import build_parser
-    from sparseseg.demo import DEMO_MINUTES, run_demo
+    from sparseseg.demo import DEMO_MINUTES, DEMO_PRESET, run_demo
 
     parser = build_parser()
     for command in ("train", "pseudolabel", "experiment"):
@@ -371,10 +371,11 @@ def test_auto_is_the_default_preset_of_the_cli_the_api_and_the_demo(tmp_path, ca
             main([command, "--help"])
         assert "default auto" in " ".join(capsys.readouterr().out.split())
     demo = parser.parse_args(["demo"])
-    assert demo.preset == "auto" and demo.minutes == DEMO_MINUTES > 0
-    assert parser.parse_args(["demo", "--preset", "cpu"]).preset == "cpu"  # by name
-    for function in (api.train, run_demo):
-        assert inspect.signature(function).parameters["preset"].default == "auto"
+    # the demo runs the fast hand-sized preset; auto by name, with a budget per training
+    assert demo.preset == DEMO_PRESET == "cpu" and demo.minutes == DEMO_MINUTES > 0
+    assert parser.parse_args(["demo", "--preset", "auto"]).preset == "auto"
+    assert inspect.signature(api.train).parameters["preset"].default == "auto"
+    assert inspect.signature(run_demo).parameters["preset"].default == DEMO_PRESET
     assert main(["demo", "--out", str(tmp_path / "d"), "--minutes", "0"]) == 2
     assert not (tmp_path / "d").exists()
 

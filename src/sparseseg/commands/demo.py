@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from sparseseg.config import DEFAULT_PRESET, PRESETS
+from sparseseg.config import PRESETS
 
 HELP = "run a small RA vs EIA study with self-training on phantom hearts and write a report"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sparseseg.demo import DEMO_MINUTES
+    from sparseseg.demo import DEMO_MINUTES, DEMO_PRESET
 
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--cases", type=int, default=6, help="training volumes")
@@ -19,10 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--preset",
-        default=DEFAULT_PRESET,
+        default=DEMO_PRESET,
         choices=tuple(PRESETS),
-        help=f"sizes and schedules (default {DEFAULT_PRESET}: planned from the data, with "
-        "--minutes per training; cpu, cpu-aniso, paper: fixed, at their full schedules)",
+        help=f"sizes and schedules (default {DEMO_PRESET}, at half its schedules; auto: planned "
+        "from the data, with --minutes per training; cpu-aniso, paper: their full schedules)",
     )
     parser.add_argument(
         "--minutes",
