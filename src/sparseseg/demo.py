@@ -137,9 +137,7 @@ def run_demo(
 
     out = Path(out)
     t0 = time.perf_counter()
-    budgeted = {"budget_minutes": minutes} if preset == AUTO else {}
-    if preset == DEMO_PRESET:
-        budgeted = dict(DEMO_OVERRIDES)
+    schedule = {AUTO: {"budget_minutes": minutes}, DEMO_PRESET: DEMO_OVERRIDES}.get(preset, {})
     data = out / "phantom_heart"
     if not (data / "dataset.json").exists():
         write_phantom_dataset(data, "heart", cases, seed, test_cases, shape)
@@ -153,7 +151,7 @@ def run_demo(
         strategies=("ra", "eia"),
         seeds=(seed,),
         preset=preset,
-        overrides={**budgeted, **(overrides or {})},
+        overrides={**schedule, **(overrides or {})},
         progress=progress,
         log=log,
     )
@@ -161,7 +159,7 @@ def run_demo(
     overlay_figure(dataset, results, budget, seed, out / "predictions.png")
     wall = (time.perf_counter() - t0) / 60
     models = f"the `{preset}` preset" + (" at half its schedules" if preset == DEMO_PRESET else "")
-    if budgeted:
+    if preset == AUTO:
         models += f" (DynUNet networks planned from the data) with {minutes:g} minutes per training"
     text = f"""# sparseseg demo: phantom hearts, s{budget:g}
 
