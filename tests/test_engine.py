@@ -122,6 +122,57 @@ def test_dynunet_builds_2d_3d_and_meta_from_config():
         assert torch.allclose(rebuilt(y), meta(y))
 
 
+def test_meta_warm_start_predicts_what_the_3d_model_predicts_until_it_sees_a_y():
+    from sparseseg.selftrain import warm_start
+
+    torch.manual_seed(0)
+    base = build_model3d(TINY3D, 1, 3).eval()
+    meta = build_meta(MetaConfig(model=TINY3D, fusion="stack", ay_skip=4.0), 3).eval()
+    image = torch.randn(1, 1, 16, 16, 8)
+    ay = torch.softmax(torch.randn(1, 3, 16, 16, 8), 1)
+    before = meta(torch.cat([image, ay], 1))
+    warm_start(meta, base.state_dict(), image_channels=1)
+    with torch.no_grad():
+        # A(Y) = 0: the A(Y) input weights are zero and the skip adds nothing
+        assert torch.allclose(meta(torch.cat([image, 0 * ay], 1)), base(image), atol=1e-5)
+        after = meta(torch.cat([image, ay], 1))  # the skip adds 4 x A(Y) to the 3D logits
+        assert torch.allclose(after, base(image) + 4 * ay, atol=1e-5)
+        assert not torch.allclose(before, after, atol=1e-3)
+    for other in (
+        MetaConfig(model=TINY3D, fusion="y"),  # separate A(Y) input block
+        MetaConfig(model=dataclasses.replace(TINY3D, filters=(8, 16, 32))),  # other widths
+    ):
+        with pytest.raises(ValueError, match="meta.init='3d' needs"):
+            warm_start(build_meta(other, 3), base.state_dict(), image_channels=1)
+
+
+def test_meta_init_must_be_known():
+    from sparseseg.config import apply_overrides
+
+    preset = apply_overrides(get_preset("auto"), ["meta.init=3d"])
+    assert preset.meta.init == "3d"
+    with pytest.raises(ValueError, match="meta.init must be one of scratch, 3d"):
+        apply_overrides(get_preset("auto"), ["meta.init=base"])
+
+
+def test_mirroring_averages_the_flipped_predictions():
+    from sparseseg.inference import mirror_flips, predict_volume_3d
+
+    assert mirror_flips(()) == []
+    assert mirror_flips((0, 2)) == [(2,), (4,), (2, 4)]
+    with pytest.raises(ValueError, match="spatial axes 0-2"):
+        mirror_flips((3,))
+    torch.manual_seed(0)
+    model = build_model3d(TINY3D, 1, 3).eval()
+    image = np.random.default_rng(0).normal(size=(16, 16, 8)).astype(np.float32)
+    run = dict(patch=(16, 16, 8), precision="fp32")
+    plain = predict_volume_3d(model, image, **run)
+    flipped = predict_volume_3d(model, image[::-1].copy(), **run)[:, ::-1]
+    mirrored = predict_volume_3d(model, image, mirror_axes=(0,), **run)
+    assert not np.allclose(plain, flipped, atol=1e-3)  # the network is not symmetric
+    np.testing.assert_allclose(mirrored, (plain + flipped) / 2, atol=1e-5)
+
+
 def test_dynunet_model_file_round_trip(tmp_path):
     model = build_model3d(TINY3D, 1, 2).eval()
     save_bundle(Bundle({"3d": base_part(model, "dynunet", TINY3D)}, ["a", "b"], "x", {}), tmp_path)

@@ -111,6 +111,12 @@ class InferenceConfig:
     overlap: float = 0.5
     sw_batch_size: int = 2
     slice_batch_size: int = 16
+    # Test-time mirroring of the 3D networks in predict and test scoring (not in Steps II and III):
+    # the softmax averaged over every combination of flips along these axes (2^n passes).
+    mirror_axes: tuple[int, ...] = ()
+
+
+META_INITS = ("scratch", "3d")
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,10 @@ class MetaConfig:
     # False builds it from the base models' raw predictions, exactly as prediction does (the
     # manual labels then enter only the targets).
     ay_manual: bool = True
+    # Initial weights: 'scratch' (the paper) or '3d', the sparse 3D base model's (DynUNet with
+    # fusion 'stack' and the 3D model's sizes only): the meta-model starts as the 3D model, its
+    # A(Y) input weights at zero (sparseseg.selftrain.warm_start).
+    init: str = "scratch"
 
 
 @dataclass(frozen=True)
@@ -408,7 +418,10 @@ def apply_overrides(preset: Preset, overrides: list[str] | dict[str, Any]) -> Pr
 
 
 def check_meta_schedule(meta: MetaConfig) -> None:
-    """ValueError unless 0 <= ``stage1_iterations`` <= ``train.iterations``."""
+    """ValueError unless 0 <= ``stage1_iterations`` <= ``train.iterations`` and ``init`` is
+    known."""
+    if meta.init not in META_INITS:
+        raise ValueError(f"meta.init must be one of {', '.join(META_INITS)}, got {meta.init!r}")
     if not 0 <= meta.stage1_iterations <= meta.train.iterations:
         raise ValueError(
             f"meta.stage1_iterations ({meta.stage1_iterations}) must lie between 0 and "

@@ -10,6 +10,7 @@ benchmark machine bf16 + channels-last predicts about 3x faster than plain fp32 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -74,6 +75,7 @@ def predict_volume_3d(
     normalize: bool = False,
     channels_last: bool = True,
     progress: bool = False,
+    mirror_axes: Sequence[int] = (),
 ) -> np.ndarray:
     """Gaussian-weighted sliding-window probabilities (C, X, Y, Z) of a 3D model.
 
@@ -82,8 +84,11 @@ def predict_volume_3d(
     stride, capped at the image size except for models that set ``window_is_canvas``) overlap
     by ``overlap``; MONAI's
     ``sliding_window_inference`` averages the windows' softmax outputs with Gaussian weights.
+    ``mirror_axes`` (spatial axes, 0-2): test-time mirroring, each window's softmax averaged over
+    every combination of flips along them (2^n passes, as nnU-Net predicts).
     """
     device = resolve_device(device)
+    flips = mirror_flips(mirror_axes)
     x = torch.from_numpy(_as_channels(image, normalize))[None]
     roi = valid_roi(patch, x.shape[2:], _model_stride(model, 4), not window_is_canvas(model))
     model.eval().to(device)
@@ -91,7 +96,7 @@ def predict_volume_3d(
     if use_cl:
         model.to(memory_format=torch.channels_last_3d)
 
-    def predictor(window: torch.Tensor) -> torch.Tensor:
+    def softmax(window: torch.Tensor) -> torch.Tensor:
         if use_cl:
             window = window.contiguous(memory_format=torch.channels_last_3d)
         with autocast(device, precision):
@@ -100,12 +105,31 @@ def predict_volume_3d(
             logits = logits[0]
         return torch.softmax(logits.float(), dim=1)
 
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        total = softmax(window)
+        for dims in flips:
+            total += softmax(window.flip(dims)).flip(dims)
+        return total / (len(flips) + 1)
+
     with torch.inference_mode():
         probs = _gaussian_windows(
             x, roi, sw_batch_size, predictor, overlap,
             sw_device=device, device=torch.device("cpu"), progress=progress,
         )  # fmt: skip
     return probs[0].float().numpy()
+
+
+def mirror_flips(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """The tensor dims (B, C, X, Y, Z) to flip for each non-empty combination of the spatial
+    ``axes`` (0-2): 2^n - 1 flips."""
+    axes = sorted({int(a) for a in axes})
+    if any(not 0 <= a <= 2 for a in axes):
+        raise ValueError(f"mirror axes must be spatial axes 0-2, got {axes}")
+    return [
+        tuple(a + 2 for a in combo)
+        for n in range(1, len(axes) + 1)
+        for combo in itertools.combinations(axes, n)
+    ]
 
 
 def _gaussian_windows(x: torch.Tensor, roi, batch_size: int, predictor, overlap: float, **kw):

@@ -106,10 +106,10 @@ def run_meta_stage(
     log: Callable[[str], None],
 ) -> dict:
     """Train the meta-model on the PL sets of stage 2; write meta.pt and selftrain.json."""
-    from sparseseg.bundle import ModelPart, save_bundle
+    from sparseseg.bundle import ModelPart, load_bundle, save_bundle
     from sparseseg.data.store import CACHE_DIR, meta_store
     from sparseseg.models.meta import meta_arch, meta_kwargs
-    from sparseseg.pseudolabels import pl_sets, preset_bundle
+    from sparseseg.pseudolabels import MODEL3D, PART, model_path, pl_sets, preset_bundle
     from sparseseg.selftrain import train_meta
 
     stage_dir = model_dir / STAGE3_DIR
@@ -120,6 +120,10 @@ def run_meta_stage(
             dataset, model_dir / STAGE2_DIR, sets, model_dir / CACHE_DIR, preset.target_spacing
         )
     )
+    init_state = None
+    if preset.meta.init == "3d":
+        base = load_bundle(model_path(model_dir / STAGE2_DIR, MODEL3D))
+        init_state = base.parts[PART[MODEL3D]].state_dict
     t0 = time.perf_counter()
     result = train_meta(
         cases,
@@ -131,6 +135,7 @@ def run_meta_stage(
         device=device,
         progress=progress,
         log=log,
+        init_state=init_state,
     )
     seconds = round(time.perf_counter() - t0, 1)
     part = ModelPart(
@@ -143,6 +148,7 @@ def run_meta_stage(
         "cases": dataset.cases("Tr"),
         "iterations": preset.meta.train.iterations,
         "stage1_iterations": preset.meta.stage1_iterations,
+        "init": preset.meta.init,
         "steps": result.steps,
         "stop_reason": result.stop_reason,
         "settled_at": result.settled_at,

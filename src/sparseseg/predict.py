@@ -219,6 +219,7 @@ class Predictor:
                 inf.patch,
                 inf.overlap,
                 sw_batch_size=inf.sw_batch_size,
+                mirror_axes=inf.mirror_axes,
                 **common,
             )
             labels = argmax_uint8(probs)
@@ -239,6 +240,7 @@ class Predictor:
                 inf.patch,
                 inf.overlap,
                 sw_batch_size=inf.sw_batch_size,
+                mirror_axes=inf.mirror_axes,
                 **common,
             )
             del inputs

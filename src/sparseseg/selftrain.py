@@ -240,6 +240,42 @@ def volume_ce(logits: torch.Tensor, target: np.ndarray, block: int = CE_BLOCK) -
     return nll.reshape(1, 1, *logits.shape[2:]).mean(dim=tuple(range(2, logits.ndim)))[0]
 
 
+def warm_start(meta: torch.nn.Module, base: dict[str, torch.Tensor], image_channels: int) -> None:
+    """Load the 3D base model's weights ``base`` (a state dict) into ``meta`` (in place).
+
+    Every meta-model tensor but the A(Y) skip must have its namesake in ``base`` with the same
+    shape, except input convolutions, which have the C channels of A(Y) after the
+    ``image_channels`` of the base model: those take the base weights for the image channels and
+    zeros for A(Y). The meta-model then starts out predicting what the 3D model predicts (plus
+    the A(Y) skip). ValueError where the two networks differ in any other way.
+    """
+    target = meta.state_dict()
+    loaded = {}
+    for name, tensor in target.items():
+        if name.startswith("ay_skip."):
+            continue
+        src = base.get(name)
+        if src is not None and src.shape == tensor.shape:
+            loaded[name] = src
+        elif (
+            src is not None
+            and src.dim() == tensor.dim() > 2
+            and src.shape[1] == image_channels < tensor.shape[1]
+            and src.shape[:1] + src.shape[2:] == tensor.shape[:1] + tensor.shape[2:]
+        ):
+            weight = torch.zeros_like(tensor)
+            weight[:, :image_channels] = src
+            loaded[name] = weight
+        else:
+            shape = "missing" if src is None else tuple(src.shape)
+            raise ValueError(
+                f"meta.init='3d' needs the meta-model to be the 3D base model plus A(Y) input "
+                f"channels (DynUNet, fusion 'stack', the same sizes): {name} is "
+                f"{tuple(tensor.shape)} in the meta-model, {shape} in the 3D model"
+            )
+    meta.load_state_dict(loaded, strict=False)
+
+
 @dataclass
 class MetaTrainResult:
     model: torch.nn.Module
@@ -263,6 +299,7 @@ def train_meta(
     device: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> MetaTrainResult:
     """Two-stage self-training of the Y-shaped meta-model (see the module doc).
 
@@ -273,7 +310,8 @@ def train_meta(
     ``stage1_iterations``, ``switch_threshold`` and ``nnfit_round_iterations`` (iterations
     between NN-fit choices; default a fifth of stage 2). One run of the shared training loop
     covers both stages, so a checkpoint taken in either resumes exactly, NN-fit rounds and
-    frozen choices included.
+    frozen choices included. ``init_state``: the 3D base model's weights, to start from them
+    (``meta.init`` '3d', :func:`warm_start`).
     """
     from sparseseg.config import check_meta_schedule
     from sparseseg.models.meta import build_meta
@@ -287,7 +325,10 @@ def train_meta(
     round_len = int(mcfg.nnfit_round_iterations or max(1, (cfg.iterations - s1) // 5))
     ignore = int(num_classes)  # padding only: PL sets are dense
     torch.manual_seed(cfg.seed)  # the initial weights follow the seed, not what ran before
-    model = build_meta(mcfg, num_classes, int(cases[0]["image"].shape[0]) - int(num_classes))
+    image_channels = int(cases[0]["image"].shape[0]) - int(num_classes)
+    model = build_meta(mcfg, num_classes, image_channels)
+    if init_state is not None:
+        warm_start(model, init_state, image_channels)
     sampler = MetaSampler(
         cases,
         cfg.patch,
