@@ -295,3 +295,28 @@ def test_large_volume_predicts_in_bounded_memory(tmp_path):
     numbers = json.loads(result.stdout.strip().splitlines()[-1])
     print(numbers)
     assert numbers["peak_rss_gib"] < 8.0
+
+
+def test_predict_mirrors_the_3d_networks_along_the_plans_axes_unless_told_not_to():
+    import dataclasses
+
+    import numpy as np
+
+    from sparseseg.predict import Predictor
+
+    bundle = dataclasses.replace(
+        tiny_bundle(), config={"name": "cpu", "inference": {"mirror_axes": [0]}}
+    )
+    image = np.random.default_rng(0).normal(size=(8, 8, 8)).astype(np.float32)
+    mirrored = Predictor(bundle, device="cpu", precision="fp32")
+    plain = Predictor(bundle, device="cpu", precision="fp32", mirror=False)
+    assert mirrored.mirror_axes == (0,) and plain.mirror_axes == ()
+
+    def probs(predictor, x):
+        return predictor.predict(x, ["3d"], probabilities=True)["3d"].probabilities
+
+    flipped = probs(plain, image[::-1].copy())[:, ::-1]
+    assert not np.allclose(probs(plain, image), flipped, atol=1e-3)
+    np.testing.assert_allclose(
+        probs(mirrored, image), (probs(plain, image) + flipped) / 2, atol=1e-5
+    )

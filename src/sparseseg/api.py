@@ -219,6 +219,7 @@ def predict(
     precision: str = "auto",
     progress: bool = True,
     quality: bool = True,
+    mirror: bool = True,
 ):
     """Segment images with a trained model folder; like ``sparseseg predict``.
 
@@ -229,7 +230,8 @@ def predict(
     (C, X, Y, Z); nothing is written). ``parts``: 'meta'
     (default), base models alone ('3d', 'xy', 'xz', 'yz'), several, or 'all' (the meta-model,
     the 3D model and the 2D model along each plane it was trained on). ``quality``: with files
-    and the meta-model, also write the quality flags (``out/quality.json``, ...).
+    and the meta-model, also write the quality flags (``out/quality.json``, ...). ``mirror``:
+    test-time mirroring where the model's plan has it (False: 2^n times faster).
     """
     from sparseseg.errors import InputError
     from sparseseg.predict import Predictor, parse_parts, predict_files, trained_parts
@@ -238,7 +240,7 @@ def predict(
     if isinstance(images, (np.ndarray, Volume)):
         array = images.array if isinstance(images, Volume) else images
         spacing = images.spacing if isinstance(images, Volume) else None
-        predictor = Predictor(model, device=device, precision=precision)
+        predictor = Predictor(model, device=device, precision=precision, mirror=mirror)
         parts = parse_parts(parts, trained_parts(predictor.bundle))
         return predictor.predict(
             np.asarray(array, np.float32), parts, probabilities=probabilities, spacing=spacing
@@ -255,6 +257,7 @@ def predict(
         precision=precision,
         progress=progress,
         quality=quality,
+        mirror=mirror,
     )
 
 

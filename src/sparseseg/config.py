@@ -297,7 +297,8 @@ def _cpu_aniso() -> Preset:
 def _auto() -> Preset:
     """The default engine before planning: DynUNet (nnU-Net's network) for the 2D, 3D and meta
     models, SGD Nesterov 0.99 lr 1e-2 poly 0.9, weight decay 3e-5, masked CE + soft Dice with
-    deep supervision, gradient norm clipped at 12, and the paper's iteration counts.
+    deep supervision, gradient norm clipped at 12, and the paper's iteration counts; predictions
+    of the 3D networks mirrored along every axis (``predict --no-mirror`` skips it).
 
     :func:`sparseseg.planning.plan_preset` replaces patch, pooling, kernels, widths, batch,
     planes and (with a time budget) iterations from the dataset's fingerprint; this unplanned
@@ -329,7 +330,10 @@ def _auto() -> Preset:
         train2d=dataclasses.replace(train, iterations=20000, batch_size=8, patch=(64, 64)),
         model3d=model3d,
         train3d=train,
-        inference=InferenceConfig(patch=(48, 64, 48), overlap=0.5, sw_batch_size=2),
+        # mirrored along the axes training flips (nnU-Net), measured in docs/results.md
+        inference=InferenceConfig(
+            patch=(48, 64, 48), overlap=0.5, sw_batch_size=2, mirror_axes=train.flip_axes
+        ),
         meta=MetaConfig(
             model=model3d,
             train=train,
@@ -412,6 +416,9 @@ def apply_overrides(preset: Preset, overrides: list[str] | dict[str, Any]) -> Pr
     check_meta_schedule(preset.meta)
     return dataclasses.replace(
         preset,
+        inference=dataclasses.replace(
+            preset.inference, mirror_axes=check_mirror_axes(preset.inference.mirror_axes)
+        ),
         planes=parse_planes(preset.planes),
         target_spacing=check_target_spacing(preset.target_spacing),
     )
@@ -427,6 +434,14 @@ def check_meta_schedule(meta: MetaConfig) -> None:
             f"meta.stage1_iterations ({meta.stage1_iterations}) must lie between 0 and "
             f"meta.train.iterations ({meta.train.iterations}), the meta-model's whole schedule"
         )
+
+
+def check_mirror_axes(axes) -> tuple[int, ...]:
+    """``axes`` as sorted distinct spatial axes (0-2); None or empty: no mirroring."""
+    values = () if axes is None else tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
+    if not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a <= 2 for a in values):
+        raise ValueError(f"inference.mirror_axes must be axes among 0,1,2 or none, got {axes}")
+    return tuple(sorted(set(values)))
 
 
 def check_target_spacing(spacing) -> tuple[float, float, float] | None:

@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the cases and slices to check first, from the base models' disagreement with the "
         "meta-model and its entropy)",
     )
+    parser.add_argument(
+        "--no-mirror",
+        action="store_true",
+        help="no test-time mirroring (the plan's inference.mirror_axes: 2^n passes of each 3D "
+        "network, averaged): faster, slightly less accurate",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -66,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             precision=args.precision,
             progress=not args.quiet and distributed.is_main(),
             quality=not args.no_quality,
+            mirror=not args.no_mirror,
         )
         if not distributed.is_main():
             return 0

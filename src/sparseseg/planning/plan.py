@@ -355,6 +355,12 @@ def describe(preset: Preset, fp: dict | None = None) -> list[str]:
         f"2D: {name2} on planes {','.join(preset.planes)}, patch {_x(t2.patch)}, batch "
         f"{t2.batch_size}; meta-model: {preset.meta.model.arch}"
         + (f" ({preset.meta.fusion})" if preset.meta.model.arch == "dynunet" else "")
+        + (" from the 3D model" if preset.meta.init == "3d" else "")
+    )
+    mirror = preset.inference.mirror_axes
+    lines.append(
+        f"prediction: window {_x(preset.inference.patch)}, overlap {preset.inference.overlap:g}, "
+        + (f"mirrored along {','.join('xyz'[a] for a in mirror)}" if mirror else "no mirroring")
     )
     lines.append(
         f"iterations: 2D {t2.iterations}, 3D {t3.iterations}, meta {preset.meta.train.iterations} "
