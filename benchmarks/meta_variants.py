@@ -30,6 +30,7 @@ from sparseseg.pipeline import (
     STAGE2_DIR,
     STAGE3_DIR,
     STATE_FILE,
+    TEST_DIR,
     make_bundle,
     run_meta_stage,
     score_test_split,
@@ -39,8 +40,6 @@ from sparseseg.pseudolabels import remove_cache
 
 def per_case_dice(model_dir: Path, part: str) -> dict[str, float]:
     """{case: mean foreground Dice} of one part's test predictions."""
-    from sparseseg.pipeline import TEST_DIR
-
     metrics = json.loads((model_dir / TEST_DIR / part / "metrics.json").read_text())
     return {
         case: float(np.mean([c["dice"] for c in rec["classes"].values()]))

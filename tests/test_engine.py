@@ -160,7 +160,7 @@ def test_mirroring_averages_the_flipped_predictions():
 
     assert mirror_flips(()) == []
     assert mirror_flips((0, 2)) == [(2,), (4,), (2, 4)]
-    with pytest.raises(ValueError, match="spatial axes 0-2"):
+    with pytest.raises(ValueError, match="axes among 0,1,2"):
         mirror_flips((3,))
     torch.manual_seed(0)
     model = build_model3d(TINY3D, 1, 3).eval()

@@ -122,9 +122,9 @@ def predict_volume_3d(
 def mirror_flips(axes: Sequence[int]) -> list[tuple[int, ...]]:
     """The tensor dims (B, C, X, Y, Z) to flip for each non-empty combination of the spatial
     ``axes`` (0-2): 2^n - 1 flips."""
-    axes = sorted({int(a) for a in axes})
-    if any(not 0 <= a <= 2 for a in axes):
-        raise ValueError(f"mirror axes must be spatial axes 0-2, got {axes}")
+    from sparseseg.config import check_mirror_axes
+
+    axes = check_mirror_axes(tuple(axes))
     return [
         tuple(a + 2 for a in combo)
         for n in range(1, len(axes) + 1)

@@ -168,7 +168,7 @@ def inference_seconds(
         per_case.append((two, three, meta))
     mean = [sum(c[i] for c in per_case) / len(per_case) for i in range(3)]
     train_cases, test_cases = fp["cases"], fp.get("test_cases", 0)
-    mirrored = 2 ** len(set(preset.inference.mirror_axes))  # passes of a 3D net in predict
+    mirrored = 2 ** len(preset.inference.mirror_axes)  # passes of a 3D net in predict
     if tuple(models) == ("3d",):
         return {"test": test_cases * mean[1] * mirrored, "io": SECONDS_PER_CASE_IO * test_cases}
     return {
