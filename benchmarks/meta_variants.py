@@ -10,7 +10,8 @@ variant (one seed: read the paired differences, not just the means)::
     PYTHONPATH=src python benchmarks/meta_variants.py hippo_w3d/runs/ra-s20-seed0 --out variants \
         --variant scratch meta.init=scratch --variant no-mirror inference.mirror_axes=none
 
-Prints mean Dice per part for the run and each variant, and the paired difference of the
+Prints the score of each part (Rand F where the test split was scored with it, as on EM
+stacks, else mean Dice) for the run and each variant, and the paired difference of the
 meta-model against the run's over the test cases.
 """
 
@@ -38,13 +39,20 @@ from sparseseg.pipeline import (
 from sparseseg.pseudolabels import remove_cache
 
 
-def per_case_dice(model_dir: Path, part: str) -> dict[str, float]:
-    """{case: mean foreground Dice} of one part's test predictions."""
+def per_case_score(model_dir: Path, part: str) -> dict[str, float]:
+    """{case: Rand F, or mean foreground Dice where there is none} of one part's predictions."""
     metrics = json.loads((model_dir / TEST_DIR / part / "metrics.json").read_text())
     return {
-        case: float(np.mean([c["dice"] for c in rec["classes"].values()]))
+        case: float(rec["rand_f"])
+        if rec.get("rand_f") is not None
+        else float(np.mean([c["dice"] for c in rec["classes"].values()]))
         for case, rec in metrics["cases"].items()
     }
+
+
+def part_score(part: dict) -> float:
+    """One part of a report.json: its Rand F where scored with it, else its mean Dice."""
+    return part["rand_f"] if part.get("rand_f") is not None else part["mean_dice"]
 
 
 def run_variant(run: Path, out: Path, overrides: list[str]) -> dict:
@@ -88,20 +96,22 @@ def main() -> None:
     args = parser.parse_args()
     run_report = json.loads((args.run / "report.json").read_text())
     rows = [("run", run_report, None, None)]
-    base_cases = per_case_dice(args.run, "meta")
+    base_cases = per_case_score(args.run, "meta")
     for name, *overrides in args.variant:
         folder = args.out / name
         result = run_variant(args.run, folder, overrides)
-        rows.append((name, result["report"], result, per_case_dice(folder, "meta")))
+        rows.append((name, result["report"], result, per_case_score(folder, "meta")))
     parts = list(run_report["parts"])
+    score = "Rand F" if run_report["parts"]["meta"].get("rand_f") is not None else "mean Dice"
+    print(f"{score} of each part on the test split")
     print("| variant | " + " | ".join(parts) + " | meta - run's meta (95% CI, share better) |")
     print("|---|" + "---:|" * (len(parts) + 1))
     for name, report, result, cases in rows:
-        scores = " | ".join(f"{report['parts'][p]['mean_dice']:.4f}" for p in parts)
+        scores = " | ".join(f"{part_score(report['parts'][p]):.4f}" for p in parts)
         paired = ""
         if cases is not None:
             d = np.array([cases[c] - base_cases[c] for c in base_cases])
-            half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
+            half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
             paired = (
                 f"{d.mean():+.4f} [{d.mean() - half:+.4f}, {d.mean() + half:+.4f}], "
                 f"{(d > 0).mean():.0%}; train {result['train_s']:.0f} s, "
