@@ -12,7 +12,8 @@ variant (one seed: read the paired differences, not just the means)::
 
 Prints the score of each part (Rand F where the test split was scored with it, as on EM
 stacks, else mean Dice) for the run and each variant, and the paired difference of the
-meta-model against the run's over the test cases.
+meta-model against the run's over the test cases (a 95% t-interval, as in the experiment's
+comparisons).
 """
 
 from __future__ import annotations
@@ -37,22 +38,25 @@ from sparseseg.pipeline import (
     score_test_split,
 )
 from sparseseg.pseudolabels import remove_cache
+from sparseseg.report import paired_difference
 
 
-def per_case_score(model_dir: Path, part: str) -> dict[str, float]:
-    """{case: Rand F, or mean foreground Dice where there is none} of one part's predictions."""
+def score(record: dict, mean_dice: float) -> float:
+    """A case's or a part's Rand F where it was scored with it (EM stacks), else ``mean_dice``."""
+    return record["rand_f"] if record.get("rand_f") is not None else mean_dice
+
+
+def case_rows(model_dir: Path, part: str, variant: str) -> list[dict]:
+    """One row per test case of one part's predictions: variant, case, score."""
     metrics = json.loads((model_dir / TEST_DIR / part / "metrics.json").read_text())
-    return {
-        case: float(rec["rand_f"])
-        if rec.get("rand_f") is not None
-        else float(np.mean([c["dice"] for c in rec["classes"].values()]))
+    return [
+        {
+            "variant": variant,
+            "case": case,
+            "score": score(rec, float(np.mean([c["dice"] for c in rec["classes"].values()]))),
+        }
         for case, rec in metrics["cases"].items()
-    }
-
-
-def part_score(part: dict) -> float:
-    """One part of a report.json: its Rand F where scored with it, else its mean Dice."""
-    return part["rand_f"] if part.get("rand_f") is not None else part["mean_dice"]
+    ]
 
 
 def run_variant(run: Path, out: Path, overrides: list[str]) -> dict:
@@ -95,26 +99,34 @@ def main() -> None:
     )
     args = parser.parse_args()
     run_report = json.loads((args.run / "report.json").read_text())
-    rows = [("run", run_report, None, None)]
-    base_cases = per_case_score(args.run, "meta")
+    rows = [("run", run_report, None)]
+    cases = case_rows(args.run, "meta", "run")
     for name, *overrides in args.variant:
         folder = args.out / name
         result = run_variant(args.run, folder, overrides)
-        rows.append((name, result["report"], result, per_case_score(folder, "meta")))
+        rows.append((name, result["report"], result))
+        cases += case_rows(folder, "meta", name)
     parts = list(run_report["parts"])
-    score = "Rand F" if run_report["parts"]["meta"].get("rand_f") is not None else "mean Dice"
-    print(f"{score} of each part on the test split")
+    metric = "Rand F" if run_report["parts"]["meta"].get("rand_f") is not None else "mean Dice"
+    print(f"{metric} of each part on the test split")
     print("| variant | " + " | ".join(parts) + " | meta - run's meta (95% CI, share better) |")
     print("|---|" + "---:|" * (len(parts) + 1))
-    for name, report, result, cases in rows:
-        scores = " | ".join(f"{part_score(report['parts'][p]):.4f}" for p in parts)
+    for name, report, result in rows:
+        scores = " | ".join(
+            f"{score(report['parts'][p], report['parts'][p]['mean_dice']):.4f}" for p in parts
+        )
         paired = ""
-        if cases is not None:
-            d = np.array([cases[c] - base_cases[c] for c in base_cases])
-            half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+        if result is not None:
+            d = paired_difference(
+                cases, "score", {"variant": name}, {"variant": "run"}, pair_on=("case",)
+            )
+            interval = (
+                f" [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], {d['a_better']:.0%}"
+                if "ci_low" in d
+                else ""
+            )
             paired = (
-                f"{d.mean():+.4f} [{d.mean() - half:+.4f}, {d.mean() + half:+.4f}], "
-                f"{(d > 0).mean():.0%}; train {result['train_s']:.0f} s, "
+                f"{d['mean']:+.4f}{interval}; train {result['train_s']:.0f} s, "
                 f"score {result['score_s']:.0f} s"
             )
         print(f"| {name} | {scores} | {paired} |")
