@@ -9,6 +9,8 @@ variant (one seed: read the paired differences, not just the means)::
 
     PYTHONPATH=src python benchmarks/meta_variants.py hippo_w3d/runs/ra-s20-seed0 --out variants \
         --variant scratch meta.init=scratch --variant no-mirror inference.mirror_axes=none
+    PYTHONPATH=src python benchmarks/meta_variants.py isbi_auto30/runs/ra-s10-seed0/model \
+        --out isbi_oracle --force-set xy --variant force-xy meta.switch_threshold=0.049
 
 Prints the score of each part (Rand F where the test split was scored with it, as on EM
 stacks, else mean Dice) for the run and each variant, and the paired difference of the
@@ -37,7 +39,7 @@ from sparseseg.pipeline import (
     run_meta_stage,
     score_test_split,
 )
-from sparseseg.pseudolabels import remove_cache
+from sparseseg.pseudolabels import pl_sets, remove_cache
 from sparseseg.report import paired_difference
 
 
@@ -57,6 +59,15 @@ def case_rows(model_dir: Path, part: str, variant: str) -> list[dict]:
         }
         for case, rec in metrics["cases"].items()
     ]
+
+
+def force_nnfit(index: int) -> None:
+    """Make every NN-fit round of this process choose the PL set at ``index``."""
+    import torch
+
+    from sparseseg import selftrain
+
+    selftrain.nearest_sets = lambda ce: torch.full((ce.shape[0],), index, dtype=torch.int64)
 
 
 def run_variant(run: Path, out: Path, overrides: list[str]) -> dict:
@@ -97,7 +108,20 @@ def main() -> None:
         metavar=("NAME", "FIELD=VALUE"),
         help="a name and its overrides of the run's preset (repeatable)",
     )
+    parser.add_argument(
+        "--force-set",
+        default=None,
+        metavar="NAME",
+        help="NN-fit always chooses this PL set (e.g. xy): what the meta-model reaches when "
+        "it fits that set (a measurement, not a project option)",
+    )
     args = parser.parse_args()
+    if args.force_set is not None:
+        planes = preset_from_dict(json.loads((args.run / STATE_FILE).read_text())["preset"]).planes
+        sets = pl_sets(planes)
+        if args.force_set not in sets:
+            parser.error(f"--force-set must be one of the run's PL sets {', '.join(sets)}")
+        force_nnfit(sets.index(args.force_set))
     run_report = json.loads((args.run / "report.json").read_text())
     rows = [("run", run_report, None)]
     cases = case_rows(args.run, "meta", "run")
