@@ -146,13 +146,38 @@ def test_meta_warm_start_predicts_what_the_3d_model_predicts_until_it_sees_a_y()
             warm_start(build_meta(other, 3), base.state_dict(), image_channels=1)
 
 
+def test_2d_meta_warm_start_predicts_what_the_2d_model_predicts():
+    from sparseseg.selftrain import warm_start
+
+    torch.manual_seed(0)
+    base = build_model2d(TINY2D, 1, 3).eval()
+    cfg = MetaConfig(model=TINY3D, fusion="stack", ay_skip=4.0, plane="xy", init="2d")
+    meta = build_meta(cfg, 3, 1, TINY2D).eval()
+    assert meta.spatial_dims == 2 and meta_kwargs(cfg, 3, 1, TINY2D)["spatial_dims"] == 2
+    warm_start(meta, base.state_dict(), image_channels=1, init="2d")
+    image = torch.randn(2, 1, 16, 12)
+    ay = torch.softmax(torch.randn(2, 3, 16, 12), 1)
+    with torch.no_grad():
+        assert torch.allclose(meta(torch.cat([image, ay], 1)), base(image) + 4 * ay, atol=1e-5)
+    with pytest.raises(ValueError, match="sized as the 2D base model"):
+        build_meta(cfg, 3)  # no 2D model sizes given
+    with pytest.raises(ValueError, match="meta.init='2d' needs"):
+        warm_start(build_meta(cfg, 3, 1, TINY2D), build_model3d(TINY3D, 1, 3).state_dict(), 1, "2d")
+
+
 def test_meta_init_must_be_known():
     from sparseseg.config import apply_overrides
 
     preset = apply_overrides(get_preset("auto"), ["meta.init=3d"])
     assert preset.meta.init == "3d"
-    with pytest.raises(ValueError, match="meta.init must be one of scratch, 3d"):
+    with pytest.raises(ValueError, match="meta.init must be one of scratch, 3d, 2d"):
         apply_overrides(get_preset("auto"), ["meta.init=base"])
+    with pytest.raises(ValueError, match=r"meta.init='2d' needs a 2D meta-model \(meta.plane set"):
+        apply_overrides(get_preset("auto"), ["meta.init=2d"])
+    with pytest.raises(ValueError, match="meta.init='3d' needs a 3D meta-model"):
+        apply_overrides(get_preset("auto"), ["meta.init=3d", "meta.plane=xy"])
+    with pytest.raises(ValueError, match="meta.plane must be one of xy, xz, yz"):
+        apply_overrides(get_preset("auto"), ["meta.plane=z"])
 
 
 def test_mirroring_averages_the_flipped_predictions():

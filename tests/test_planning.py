@@ -122,7 +122,7 @@ def test_train_prints_a_plan_that_pools_z_differently_on_thick_sections(tmp_path
     )
     thick = _thick_heart(tmp_path / "thick")
     sets = [f"--set={k}={v}" for k, v in FEW_STEPS.items()]
-    lines = {}
+    lines, meta_line = {}, {}
     for name, data in (("iso", iso), ("thick", thick)):
         out = tmp_path / f"model_{name}"
         code = main(
@@ -139,7 +139,9 @@ def test_train_prints_a_plan_that_pools_z_differently_on_thick_sections(tmp_path
             ]
         )
         assert code == 0
-        lines[name] = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("3D:")]
+        err = capsys.readouterr().err.splitlines()
+        lines[name] = [ln for ln in err if ln.startswith("3D:")]
+        meta_line[name] = next(ln for ln in err if ln.startswith("2D:"))
         plan = json.loads((out / "plan.json").read_text())
         assert plan["preset"]["name"] == "auto" and plan["budget"] is None  # iterations set
         bundle = json.loads((out / "bundle.json").read_text())
@@ -151,8 +153,21 @@ def test_train_prints_a_plan_that_pools_z_differently_on_thick_sections(tmp_path
     thick_z = int(lines["thick"][0].split(" z")[1][0])
     assert thick_z < iso_z
     assert "3x3x1" in lines["thick"][0]
-    # the 2D model of the thick stack trains on xy sections only
-    assert json.loads((tmp_path / "model_thick" / "bundle.json").read_text())["planes"] == ["xy"]
+    # the 2D model of the thick stack trains on xy sections only, and so does the meta-model,
+    # started from the 2D model; it predicts section by section
+    bundle = json.loads((tmp_path / "model_thick" / "bundle.json").read_text())
+    assert bundle["planes"] == ["xy"] and bundle["config"]["meta"]["plane"] == "xy"
+    meta, two = bundle["parts"]["meta"]["kwargs"], bundle["parts"]["2d"]["kwargs"]
+    assert meta["spatial_dims"] == 2 and meta["filters"] == two["filters"]
+    assert "meta-model: dynunet (stack) 2D on xy" in meta_line["thick"]
+    assert "2D on" not in meta_line["iso"]
+    iso_bundle = json.loads((tmp_path / "model_iso" / "bundle.json").read_text())
+    assert iso_bundle["parts"]["meta"]["kwargs"]["spatial_dims"] == 3
+    from sparseseg.predict import Predictor
+
+    image = Dataset.open(thick).load_pair("h2", "Ts")[0].array
+    labels = Predictor(tmp_path / "model_thick" / "bundle.pt").predict(image)["meta"].labels
+    assert labels.shape == image.shape and labels.max() < 3
 
 
 def test_plan_json_round_trips_and_overrides_win(tmp_path):

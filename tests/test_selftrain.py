@@ -199,3 +199,47 @@ def test_stage1_longer_than_the_schedule_is_refused():
     with pytest.raises(ValueError, match="meta.stage1_iterations"):
         get_preset("cpu", ["meta.train.iterations=10", "meta.stage1_iterations=11"])
     assert get_preset("cpu", ["meta.train.iterations=10", "meta.stage1_iterations=10"])
+
+
+def test_a_2d_meta_sampler_draws_crops_of_slices_of_its_plane():
+    """Plane xy: every sample is a crop of one z-section of image, A(Y) and all K sets alike
+    (the image channel encodes z, the sets encode z + k), and draws repeat with the step."""
+    from sparseseg.selftrain import MetaSampler
+
+    shape = (12, 10, 6)
+    z = np.broadcast_to(np.arange(shape[2], dtype=np.float32), shape)
+    sets = np.stack([(z + k).astype(np.uint8) for k in range(2)])  # (K, X, Y, Z)
+    case = {"image": np.stack([z, z + 100, z + 200]), "targets": sets}  # image + C=2 of A(Y)
+    sampler = MetaSampler([case], (8, 8), 5, ignore_index=255, seed=1, plane="xy")
+    batch = sampler(3)
+    assert batch["image"].shape == (5, 3, 8, 8) and batch["targets"].shape == (5, 2, 8, 8)
+    for image, targets in zip(batch["image"], batch["targets"], strict=True):
+        inside = targets[0] != 255  # the crop may run past the 10-voxel y extent
+        section = image[0][inside].unique()
+        assert section.numel() == 1  # one section per sample
+        assert torch.equal(image[1][inside], image[0][inside] + 100)
+        assert torch.equal(targets[1][inside], targets[0][inside] + 1)
+        assert torch.equal(targets[0][inside].float(), image[0][inside])
+    again = sampler(3)
+    assert all(torch.equal(batch[k], again[k]) for k in batch)
+
+
+def test_2d_meta_nnfit_loss_is_the_loss_of_its_slice_by_slice_prediction():
+    from sparseseg.config import InferenceConfig, MetaConfig, Model2DConfig, Model3DConfig
+    from sparseseg.inference import predict_planes_2d
+    from sparseseg.models.meta import build_meta
+    from sparseseg.selftrain import whole_volume_ce
+
+    torch.manual_seed(0)
+    model2d = Model2DConfig(
+        arch="dynunet", filters=(4, 8, 16), strides=(1, 1, 2, 2, 2, 2), kernels=(3,) * 6
+    )
+    cfg = MetaConfig(model=Model3DConfig(arch="dynunet"), plane="xy", fusion="stack")
+    model = build_meta(cfg, 3, 1, model2d).eval()
+    case = _meta_cases(1, shape=(16, 12, 5))[0]
+    inference = InferenceConfig(patch=(8, 8, 8), overlap=0.25, slice_batch_size=4)
+    ce = whole_volume_ce(model, case, inference, plane="xy", patch2d=(16, 16))
+    probs = predict_planes_2d(model, case["image"], ("xy",), patch=(16, 16), overlap=0.25)["xy"]
+    logits = torch.from_numpy(np.log(np.clip(probs, 1e-8, None)))[None]
+    expected = ce_per_set(logits, torch.from_numpy(case["targets"].astype(np.int64))[None])[0]
+    assert torch.allclose(ce, expected, atol=1e-5)

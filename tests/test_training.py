@@ -18,8 +18,8 @@ from sparseseg.training.loop import fit, load_checkpoint, supervised_loss
 from sparseseg.training.sampling import (
     PatchSampler3D,
     SliceSampler2D,
-    _crop_start,
     crop_padded,
+    crop_start,
 )
 from sparseseg.training.schedules import lr_at, poly_lr, step_lr
 
@@ -138,7 +138,7 @@ def test_patch_sampler_centred_crops_hold_the_centre_and_stay_inside():
         size = [int(v) for v in rng.integers(3, 30, 3)]
         shape = [int(v) for v in rng.integers(3, 30, 3)]
         centre = [int(rng.integers(n)) for n in size]
-        start = _crop_start(rng, centre, size, shape)
+        start = crop_start(rng, centre, size, shape)
         for s, c, n, p in zip(start, centre, size, shape, strict=True):
             assert s <= c < s + p  # the centre is in the crop
             assert (0 <= s <= n - p) if n >= p else (n - p <= s <= 0)  # no needless padding

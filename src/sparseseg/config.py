@@ -116,7 +116,7 @@ class InferenceConfig:
     mirror_axes: tuple[int, ...] = ()
 
 
-META_INITS = ("scratch", "3d")
+META_INITS = ("scratch", "3d", "2d")
 
 
 @dataclass(frozen=True)
@@ -150,10 +150,16 @@ class MetaConfig:
     # False builds it from the base models' raw predictions, exactly as prediction does (the
     # manual labels then enter only the targets).
     ay_manual: bool = True
-    # Initial weights: 'scratch' (the paper) or '3d', the sparse 3D base model's (DynUNet with
+    # Initial weights: 'scratch' (the paper); '3d', the sparse 3D base model's (DynUNet with
     # fusion 'stack' and the 3D model's sizes only): the meta-model starts as the 3D model, its
-    # A(Y) input weights at zero (sparseseg.selftrain.warm_start).
+    # A(Y) input weights at zero (sparseseg.selftrain.warm_start); '2d', the 2D base model's
+    # (a 2D meta-model, ``plane`` set).
     init: str = "scratch"
+    # '' : a 3D meta-model (``model``, patches of ``train.patch``). A plane ('xy', 'xz', 'yz'):
+    # a 2D meta-model on the slices of that plane, sized as the 2D base model (``model2d``,
+    # DynUNet; ``train.patch`` then has two sizes), for thick-section stacks where the 3D
+    # networks see little across sections.
+    plane: str = ""
 
 
 @dataclass(frozen=True)
@@ -425,10 +431,22 @@ def apply_overrides(preset: Preset, overrides: list[str] | dict[str, Any]) -> Pr
 
 
 def check_meta_schedule(meta: MetaConfig) -> None:
-    """ValueError unless 0 <= ``stage1_iterations`` <= ``train.iterations`` and ``init`` is
-    known."""
+    """ValueError unless 0 <= ``stage1_iterations`` <= ``train.iterations``, ``init`` is known,
+    ``plane`` is empty or a plane, and ``init`` starts from a base model of the meta-model's
+    dimension ('2d' needs a ``plane``, '3d' none)."""
     if meta.init not in META_INITS:
         raise ValueError(f"meta.init must be one of {', '.join(META_INITS)}, got {meta.init!r}")
+    if meta.plane not in ("", *PLANES):
+        raise ValueError(
+            f"meta.plane must be one of {', '.join(PLANES)} (a 2D meta-model) or empty (3D), "
+            f"got {meta.plane!r}"
+        )
+    if (meta.init == "2d") != bool(meta.plane) and meta.init != "scratch":
+        raise ValueError(
+            f"meta.init={meta.init!r} needs a {'2D' if meta.init == '2d' else '3D'} meta-model "
+            f"(meta.plane {'set' if meta.init == '2d' else 'empty'}), got meta.plane="
+            f"{meta.plane!r}"
+        )
     if not 0 <= meta.stage1_iterations <= meta.train.iterations:
         raise ValueError(
             f"meta.stage1_iterations ({meta.stage1_iterations}) must lie between 0 and "

@@ -109,7 +109,7 @@ def run_meta_stage(
     from sparseseg.bundle import ModelPart, load_bundle, save_bundle
     from sparseseg.data.store import CACHE_DIR, meta_store
     from sparseseg.models.meta import meta_arch, meta_kwargs
-    from sparseseg.pseudolabels import MODEL3D, PART, model_path, pl_sets, preset_bundle
+    from sparseseg.pseudolabels import MODEL2D, MODEL3D, PART, model_path, pl_sets, preset_bundle
     from sparseseg.selftrain import train_meta
 
     stage_dir = model_dir / STAGE3_DIR
@@ -121,9 +121,10 @@ def run_meta_stage(
         )
     )
     init_state = None
-    if preset.meta.init == "3d":
-        base = load_bundle(model_path(model_dir / STAGE2_DIR, MODEL3D))
-        init_state = base.parts[PART[MODEL3D]].state_dict
+    if preset.meta.init != "scratch":
+        name = MODEL2D if preset.meta.init == "2d" else MODEL3D
+        base = load_bundle(model_path(model_dir / STAGE2_DIR, name))
+        init_state = base.parts[PART[name]].state_dict
     t0 = time.perf_counter()
     result = train_meta(
         cases,
@@ -140,7 +141,7 @@ def run_meta_stage(
     seconds = round(time.perf_counter() - t0, 1)
     part = ModelPart(
         meta_arch(preset.meta),
-        meta_kwargs(preset.meta, dataset.num_classes, dataset.num_channels),
+        meta_kwargs(preset.meta, dataset.num_classes, dataset.num_channels, preset.model2d),
         {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
     )
     log_data = {

@@ -166,6 +166,7 @@ class Predictor:
         from sparseseg.inference import argmax_uint8, predict_planes_2d, predict_volume_3d
         from sparseseg.pseudolabels import MeanMap
         from sparseseg.runtime import zscore
+        from sparseseg.selftrain import predict_meta
 
         inf = self.preset.inference
         tick = step or (lambda _name: None)
@@ -238,12 +239,12 @@ class Predictor:
             del x
             ay.mean(out=inputs[cin:])
             del ay
-            probs = predict_volume_3d(
+            probs = predict_meta(
                 self.model("meta"),
                 inputs,
-                inf.patch,
-                inf.overlap,
-                sw_batch_size=inf.sw_batch_size,
+                inf,
+                self.preset.meta.plane,
+                self.preset.meta.train.patch,
                 mirror_axes=self.mirror_axes,
                 **common,
             )

@@ -142,9 +142,10 @@ class MetaSampler:
 
     Each sample: a case drawn uniformly, a random crop of ``patch`` with flips on ``flip_axes`` and
     axial quarter turns (the same transform for image, A(Y) and all K PL sets; padding carries
-    ``ignore_index``), and a PL set drawn uniformly (the stage-1 target). Batch keys: 'image'
-    (B, Cin + C, *patch) float32, 'targets' (B, K, *patch) int64, 'case' (B,) and 'random' (B,)
-    int64.
+    ``ignore_index``), and a PL set drawn uniformly (the stage-1 target). With a ``plane`` (a 2D
+    meta-model) the crop is 2D, from a slice of that plane drawn uniformly, flipped along both
+    axes. Batch keys: 'image' (B, Cin + C, *patch) float32, 'targets' (B, K, *patch) int64,
+    'case' (B,) and 'random' (B,) int64.
     """
 
     def __init__(
@@ -157,9 +158,15 @@ class MetaSampler:
         flip_axes: Sequence[int] = (0, 1, 2),
         rot90_xy: bool = True,
         seed: int = 0,
+        plane: str = "",
     ):
         from sparseseg.training.sampling import PatchSampler3D
 
+        self.cases = list(cases)
+        self.plane = plane
+        self.patch = tuple(int(p) for p in patch)
+        self.rot90 = rot90_xy
+        self.ignore_index = int(ignore_index)
         self.per_case = [
             PatchSampler3D(
                 [case],
@@ -171,18 +178,39 @@ class MetaSampler:
                 rot90_xy=rot90_xy,
                 seed=seed,
             )
-            for case in cases
+            for case in (() if plane else self.cases)
         ]
-        self.num_sets = int(cases[0]["targets"].shape[0])
+        self.num_sets = int(self.cases[0]["targets"].shape[0])
         self.batch_size = int(batch_size)
         self.seed = int(seed)
+
+    def _slice_crop(self, case: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        from sparseseg.data.planes import to_slices
+        from sparseseg.training.augment import apply_transform, crop_shape_for, draw_transform
+        from sparseseg.training.sampling import crop_padded, crop_start
+
+        image = to_slices(case["image"], self.plane)  # (Cin + C, N, A, B)
+        targets = to_slices(case["targets"], self.plane)  # (K, N, A, B)
+        n = int(rng.integers(image.shape[-3]))
+        k, flips = draw_transform(rng, 2, (0, 1), self.rot90)
+        shape = crop_shape_for(self.patch, k)
+        start = crop_start(rng, None, image.shape[-2:], shape)
+        return {
+            "image": apply_transform(crop_padded(image[:, n], start, shape, 0.0), 2, k, flips),
+            "targets": apply_transform(
+                crop_padded(targets[:, n], start, shape, self.ignore_index), 2, k, flips
+            ),
+        }
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, 7919, int(step)])
         images, targets, index, random = [], [], [], []
         for _ in range(self.batch_size):
-            i = int(rng.integers(len(self.per_case)))
-            item = self.per_case[i].sample_one(rng)
+            i = int(rng.integers(len(self.cases)))
+            if self.plane:
+                item = self._slice_crop(self.cases[i], rng)
+            else:
+                item = self.per_case[i].sample_one(rng)
             images.append(item["image"])
             targets.append(item["targets"])
             index.append(i)
@@ -198,26 +226,66 @@ class MetaSampler:
 CE_BLOCK = 1 << 20  # voxels per block of whole_volume_ce (a multiple of any SIMD width)
 
 
-def whole_volume_ce(
-    model: torch.nn.Module, case: dict, inference, *, device=None, precision: str = "auto"
-) -> torch.Tensor:
-    """(K,) mean cross-entropy of the model's whole-volume prediction to each PL set of a case.
+def predict_meta(
+    model: torch.nn.Module,
+    inputs: np.ndarray,
+    inference,
+    plane: str = "",
+    patch2d: Sequence[int] | None = None,
+    *,
+    mirror_axes: Sequence[int] = (),
+    device=None,
+    precision: str = "auto",
+) -> np.ndarray:
+    """The meta-model's softmax (C, X, Y, Z) float32 for ``inputs`` (Cin + C, X, Y, Z): the
+    image channels and A(Y). A 3D meta-model runs in sliding windows of ``inference.patch``
+    (mirrored along ``mirror_axes``); a 2D one (``plane``) over the slices of its plane, in
+    windows of its training patch ``patch2d``."""
+    from sparseseg.inference import predict_planes_2d, predict_volume_3d
 
-    ``inference`` is an :class:`sparseseg.config.InferenceConfig` (sliding-window settings).
-    The same numbers as :func:`ce_per_set` on the whole volume, computed in blocks of voxels:
-    one (C, X, Y, Z) float32 volume and one (X, Y, Z) of losses at a time, not K int64 targets,
-    a log-softmax copy and their gathers (tests/test_selftrain.py checks the equality).
-    """
-    from sparseseg.inference import predict_volume_3d
-
-    probs = predict_volume_3d(
+    if plane:
+        return predict_planes_2d(
+            model,
+            inputs,
+            (plane,),
+            patch=patch2d,
+            overlap=inference.overlap,
+            batch_size=inference.slice_batch_size,
+            device=device,
+            precision=precision,
+        )[plane]
+    return predict_volume_3d(
         model,
-        case["image"],
+        inputs,
         inference.patch,
         inference.overlap,
         sw_batch_size=inference.sw_batch_size,
+        mirror_axes=mirror_axes,
         device=device,
         precision=precision,
+    )
+
+
+def whole_volume_ce(
+    model: torch.nn.Module,
+    case: dict,
+    inference,
+    *,
+    plane: str = "",
+    patch2d: Sequence[int] | None = None,
+    device=None,
+    precision: str = "auto",
+) -> torch.Tensor:
+    """(K,) mean cross-entropy of the model's whole-volume prediction to each PL set of a case.
+
+    ``inference`` is an :class:`sparseseg.config.InferenceConfig` (sliding-window settings);
+    ``plane`` and ``patch2d`` as :func:`predict_meta`. The same numbers as :func:`ce_per_set`
+    on the whole volume, computed in blocks of voxels: one (C, X, Y, Z) float32 volume and one
+    (X, Y, Z) of losses at a time, not K int64 targets, a log-softmax copy and their gathers
+    (tests/test_selftrain.py checks the equality).
+    """
+    probs = predict_meta(
+        model, case["image"], inference, plane, patch2d, device=device, precision=precision
     )
     np.log(np.clip(probs, 1e-8, None, out=probs), out=probs)  # in place: one (C, *S) volume
     logp = torch.from_numpy(probs)[None]
@@ -240,13 +308,16 @@ def volume_ce(logits: torch.Tensor, target: np.ndarray, block: int = CE_BLOCK) -
     return nll.reshape(1, 1, *logits.shape[2:]).mean(dim=tuple(range(2, logits.ndim)))[0]
 
 
-def warm_start(meta: torch.nn.Module, base: dict[str, torch.Tensor], image_channels: int) -> None:
-    """Load the 3D base model's weights ``base`` (a state dict) into ``meta`` (in place).
+def warm_start(
+    meta: torch.nn.Module, base: dict[str, torch.Tensor], image_channels: int, init: str = "3d"
+) -> None:
+    """Load a base model's weights ``base`` (a state dict: the 3D model's, or the 2D model's
+    for a 2D meta-model, ``init`` '3d' or '2d') into ``meta`` (in place).
 
     Every meta-model tensor but the A(Y) skip must have its namesake in ``base`` with the same
     shape, except input convolutions, which have the C channels of A(Y) after the
     ``image_channels`` of the base model: those take the base weights for the image channels and
-    zeros for A(Y). The meta-model then starts out predicting what the 3D model predicts (plus
+    zeros for A(Y). The meta-model then starts out predicting what the base model predicts (plus
     the A(Y) skip). ValueError where the two networks differ in any other way.
     """
     target = meta.state_dict()
@@ -269,9 +340,9 @@ def warm_start(meta: torch.nn.Module, base: dict[str, torch.Tensor], image_chann
         else:
             shape = "missing" if src is None else tuple(src.shape)
             raise ValueError(
-                f"meta.init='3d' needs the meta-model to be the 3D base model plus A(Y) input "
-                f"channels (DynUNet, fusion 'stack', the same sizes): {name} is "
-                f"{tuple(tensor.shape)} in the meta-model, {shape} in the 3D model"
+                f"meta.init='{init}' needs the meta-model to be the {init.upper()} base model "
+                f"plus A(Y) input channels (DynUNet, fusion 'stack', the same sizes): {name} is "
+                f"{tuple(tensor.shape)} in the meta-model, {shape} in the {init.upper()} model"
             )
     meta.load_state_dict(loaded, strict=False)
 
@@ -310,8 +381,8 @@ def train_meta(
     ``stage1_iterations``, ``switch_threshold`` and ``nnfit_round_iterations`` (iterations
     between NN-fit choices; default a fifth of stage 2). One run of the shared training loop
     covers both stages, so a checkpoint taken in either resumes exactly, NN-fit rounds and
-    frozen choices included. ``init_state``: the 3D base model's weights, to start from them
-    (``meta.init`` '3d', :func:`warm_start`).
+    frozen choices included. ``init_state``: the weights of the base model named by
+    ``meta.init`` ('3d', or '2d' for a 2D meta-model), to start from them (:func:`warm_start`).
     """
     from sparseseg.config import check_meta_schedule
     from sparseseg.models.meta import build_meta
@@ -326,9 +397,9 @@ def train_meta(
     ignore = int(num_classes)  # padding only: PL sets are dense
     torch.manual_seed(cfg.seed)  # the initial weights follow the seed, not what ran before
     image_channels = int(cases[0]["image"].shape[0]) - int(num_classes)
-    model = build_meta(mcfg, num_classes, image_channels)
+    model = build_meta(mcfg, num_classes, image_channels, preset.model2d)
     if init_state is not None:
-        warm_start(model, init_state, image_channels)
+        warm_start(model, init_state, image_channels, mcfg.init)
     sampler = MetaSampler(
         cases,
         cfg.patch,
@@ -337,6 +408,7 @@ def train_meta(
         flip_axes=cfg.flip_axes,
         rot90_xy=cfg.rot90_xy,
         seed=cfg.seed,
+        plane=mcfg.plane,
     )
     nnfit = NNFitState(float(mcfg.switch_threshold))
     say = log or (lambda _msg: None)
@@ -351,7 +423,13 @@ def train_meta(
         ce = torch.stack(
             distributed.gather_sharded(
                 lambda c: whole_volume_ce(
-                    plain, c, preset.inference, device=device, precision=cfg.precision
+                    plain,
+                    c,
+                    preset.inference,
+                    plane=mcfg.plane,
+                    patch2d=cfg.patch,
+                    device=device,
+                    precision=cfg.precision,
                 ).cpu(),
                 cases,
             )

@@ -137,15 +137,22 @@ def meta_arch(cfg) -> str:
     return "dynunet-meta" if cfg.model.arch == "dynunet" else "ydensevoxnet"
 
 
-def meta_kwargs(cfg, num_classes: int, image_channels: int = 1) -> dict:
-    """Constructor arguments of the meta-model (:func:`meta_arch`) from a
+def meta_kwargs(cfg, num_classes: int, image_channels: int = 1, model2d=None) -> dict:
+    """Constructor arguments of the meta-model (:func:`meta_arch`) of a
     :class:`sparseseg.config.MetaConfig`, as plain JSON-able values (so they can be stored in a
-    model bundle)."""
+    model bundle). A 2D meta-model (``cfg.plane`` set) has the sizes of ``model2d``, the 2D
+    base model's :class:`sparseseg.config.Model2DConfig` (DynUNet)."""
     from sparseseg.models.factory import densevoxnet_kwargs, dynunet_kwargs
 
     common = {"num_classes": int(num_classes), "image_channels": int(image_channels)}
+    if cfg.plane:
+        if model2d is None or model2d.arch != "dynunet" or cfg.model.arch != "dynunet":
+            raise ValueError(
+                "a 2D meta-model (meta.plane) is a DynUNet sized as the 2D base model: it needs "
+                "DynUNet for meta.model and model2d"
+            )
     if meta_arch(cfg) == "dynunet-meta":
-        body = dynunet_kwargs(cfg.model)
+        body = dynunet_kwargs(model2d if cfg.plane else cfg.model)
         common.update({"fusion": str(cfg.fusion), "ay_skip": float(cfg.ay_skip)})
     else:
         body = densevoxnet_kwargs(cfg.model)
@@ -153,8 +160,9 @@ def meta_kwargs(cfg, num_classes: int, image_channels: int = 1) -> dict:
     return {**common, **{k: list(v) if isinstance(v, tuple) else v for k, v in body.items()}}
 
 
-def build_meta(cfg, num_classes: int, image_channels: int = 1) -> nn.Module:
-    """The meta-model for a :class:`sparseseg.config.MetaConfig`."""
+def build_meta(cfg, num_classes: int, image_channels: int = 1, model2d=None) -> nn.Module:
+    """The meta-model for a :class:`sparseseg.config.MetaConfig` (``model2d``: see
+    :func:`meta_kwargs`)."""
     from sparseseg.models.factory import model_class
 
-    return model_class(meta_arch(cfg))(**meta_kwargs(cfg, num_classes, image_channels))
+    return model_class(meta_arch(cfg))(**meta_kwargs(cfg, num_classes, image_channels, model2d))

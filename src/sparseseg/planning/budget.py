@@ -113,13 +113,14 @@ def probe(
         ),
         (
             "meta",
-            build_meta(preset.meta, num_classes, in_channels),
+            build_meta(preset.meta, num_classes, in_channels, preset.model2d),
             preset.meta.train,
             meta_channels,
         ),
     ):
         out[f"{name}_step"] = _train_seconds(model, cfg, channels, num_classes, device, steps)
-        batch = preset.inference.slice_batch_size if name == "2d" else 1
+        two_d = name == "2d" or (name == "meta" and preset.meta.plane)
+        batch = preset.inference.slice_batch_size if two_d else 1
         out[f"{name}_voxel"] = _infer_seconds(model, cfg, channels, cfg.patch, batch, device)
     out["seconds"] = time.perf_counter() - t0
     return out
@@ -164,17 +165,19 @@ def inference_seconds(
         window = math.prod(roi)
         n = _windows(shape, roi, preset.inference.overlap)
         three = n * window * measured["3d_voxel"]
-        meta = n * window * measured["meta_voxel"]
+        # a 2D meta-model runs over the slices of its plane, as the 2D model does
+        meta = (vox if preset.meta.plane else n * window) * measured["meta_voxel"]
         per_case.append((two, three, meta))
     mean = [sum(c[i] for c in per_case) / len(per_case) for i in range(3)]
     train_cases, test_cases = fp["cases"], fp.get("test_cases", 0)
     mirrored = 2 ** len(preset.inference.mirror_axes)  # passes of a 3D net in predict
+    meta_passes = 1 if preset.meta.plane else mirrored
     if tuple(models) == ("3d",):
         return {"test": test_cases * mean[1] * mirrored, "io": SECONDS_PER_CASE_IO * test_cases}
     return {
         "pseudolabels": train_cases * (mean[0] + mean[1]),
         "nnfit": NNFIT_ROUNDS * train_cases * mean[2],
-        "test": test_cases * (mean[0] + mirrored * (mean[1] + mean[2])),
+        "test": test_cases * (mean[0] + mirrored * mean[1] + meta_passes * mean[2]),
         "io": SECONDS_PER_CASE_IO * (2 * train_cases + test_cases),
     }
 

@@ -23,6 +23,9 @@ Rules:
 - 2D model: square slices covering the median case's in-plane extent (capped), isotropic
   pooling; trained on every plane, or on the plane normal to the thick axis alone when the
   spacing is strongly anisotropic (serial-section EM).
+- Meta-model: 3D, sized as the 3D model; on strongly anisotropic data (the 2D model on one
+  plane) a 2D meta-model on that plane instead, sized and trained as the 2D model and started
+  from its weights (``meta.plane``, ``meta.init`` '2d').
 - Augmentation: flips on all axes; quarter turns in the xy plane only where x and y have the same
   spacing.
 """
@@ -247,6 +250,10 @@ def make_plan(
     overlap = 0.5 if device_type == "cuda" else 0.25
     inference = dataclasses.replace(base.inference, patch=patch, overlap=overlap)
     meta = dataclasses.replace(base.meta, model=model3d, train=train3d)
+    if len(planes) == 1:  # thick sections: the meta-model works on them, as the 2D model does
+        meta = dataclasses.replace(
+            meta, plane=planes[0], init="2d", train=dataclasses.replace(train2d, rot90_xy=rot90)
+        )
     return dataclasses.replace(
         base,
         model2d=model2d,
@@ -266,7 +273,10 @@ def check(preset: Preset) -> None:
     strides and kernels; training patches divisible by the total stride)."""
     models = [("model2d", preset.model2d, 2, [("train2d", preset.train2d)])]
     models.append(("model3d", preset.model3d, 3, [("train3d", preset.train3d)]))
-    models.append(("meta.model", preset.meta.model, 3, [("meta.train", preset.meta.train)]))
+    if preset.meta.plane:  # a 2D meta-model has the 2D base model's sizes
+        models.append(("model2d", preset.model2d, 2, [("meta.train", preset.meta.train)]))
+    else:
+        models.append(("meta.model", preset.meta.model, 3, [("meta.train", preset.meta.train)]))
     for name, cfg, dims, trains in models:
         if cfg.arch != "dynunet":
             continue
@@ -355,7 +365,13 @@ def describe(preset: Preset, fp: dict | None = None) -> list[str]:
         f"2D: {name2} on planes {','.join(preset.planes)}, patch {_x(t2.patch)}, batch "
         f"{t2.batch_size}; meta-model: {preset.meta.model.arch}"
         + (f" ({preset.meta.fusion})" if preset.meta.model.arch == "dynunet" else "")
-        + (" from the 3D model" if preset.meta.init == "3d" else "")
+        + (
+            f" 2D on {preset.meta.plane}, patch {_x(preset.meta.train.patch)}, batch "
+            f"{preset.meta.train.batch_size}"
+            if preset.meta.plane
+            else ""
+        )
+        + (f" from the {preset.meta.init.upper()} model" if preset.meta.init != "scratch" else "")
     )
     mirror = preset.inference.mirror_axes
     lines.append(

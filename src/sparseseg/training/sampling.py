@@ -42,7 +42,7 @@ def crop_padded(
     return out
 
 
-def _crop_start(rng: np.random.Generator, centre: Sequence[int] | None, size, shape) -> list[int]:
+def crop_start(rng: np.random.Generator, centre: Sequence[int] | None, size, shape) -> list[int]:
     """Crop origin, drawn uniformly per axis among the allowed ones: the crop stays inside the
     volume where the volume is larger than the crop, else the volume lies whole inside the padded
     crop; with a ``centre``, only origins whose crop contains that voxel are allowed. (Drawing the
@@ -131,7 +131,7 @@ class PatchSampler3D:
         cand = self.candidates[i]
         if cand.size and rng.random() < self.annotated_fraction:
             centre = np.unravel_index(int(cand[rng.integers(cand.size)]), size)
-        start = _crop_start(rng, centre, size, shape)
+        start = crop_start(rng, centre, size, shape)
         out = {}
         for key, array in self.cases[i].items():
             floating = np.issubdtype(array.dtype, np.floating)
@@ -209,7 +209,7 @@ class SliceSampler2D:
             flat = np.flatnonzero(ann) if ann is not None else np.arange(label.size)
             if flat.size:
                 centre = np.unravel_index(int(flat[rng.integers(flat.size)]), label.shape)
-        start = _crop_start(rng, centre, label.shape, shape)
+        start = crop_start(rng, centre, label.shape, shape)
         pad_label = self.ignore_index if self.ignore_index is not None else 0
         return {
             "image": apply_transform(crop_padded(image, start, shape, 0.0), 2, k, flips),
