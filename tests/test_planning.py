@@ -225,6 +225,21 @@ def test_budget_turns_minutes_into_iterations():
     assert record["over_budget"] and starved.train3d.iterations == 20
 
 
+def test_a_2d_meta_model_is_reserved_one_pass_over_its_sections():
+    """A thick stack gets a 2D meta-model: its NN-fit rounds and test prediction cost one
+    slice-by-slice pass over the volume (no sliding 3D windows, no mirroring)."""
+    fp = _fp((128, 128, 24), (1.0, 1.0, 10.0), cases=3)
+    plan = make_plan(fp)
+    assert plan.meta.plane == "xy" and plan.meta.init == "2d"
+    assert plan.meta.train.patch == plan.train2d.patch and len(plan.inference.mirror_axes) == 3
+    voxels = 128 * 128 * 24
+    reserve = inference_seconds(plan, fp, MEASURED)
+    meta3d = dataclasses.replace(plan.meta, plane="", init="scratch")
+    three = inference_seconds(dataclasses.replace(plan, meta=meta3d), fp, MEASURED)
+    assert reserve["nnfit"] == pytest.approx(5 * 3 * voxels * MEASURED["meta_voxel"])
+    assert reserve["nnfit"] < three["nnfit"] and reserve["test"] < three["test"]
+
+
 def test_minutes_option_probes_and_plans_iterations(tmp_path, capsys):
     data = write_phantom_dataset(tmp_path / "h", "heart", 2, seed=0, shape=(16, 16, 16))
     out = tmp_path / "pl"
@@ -403,3 +418,14 @@ def test_auto_is_the_default_preset_of_the_cli_and_the_api(tmp_path, capsys):
     assert plan["preset"]["name"] == "auto" and plan["preset"]["budget_minutes"] == 0.2
     assert plan["budget"] is None and plan["preset"]["train3d"]["iterations"] == 3
     assert json.loads((out / "bundle.json").read_text())["parts"]["3d"]["arch"] == "dynunet"
+
+
+def test_a_meta_model_started_from_the_2d_model_starts_nn_fit_at_once():
+    fp = _fp((128, 128, 24), (1.0, 1.0, 10.0), cases=3)
+    plan = dataclasses.replace(make_plan(fp), budget_minutes=10.0)
+    fitted, _ = fit_budget(plan, fp, MEASURED)
+    assert fitted.meta.init == "2d" and fitted.meta.stage1_iterations == 0
+    assert fitted.meta.train.iterations > 20
+    scratch = dataclasses.replace(plan, meta=dataclasses.replace(plan.meta, init="scratch"))
+    fitted, _ = fit_budget(scratch, fp, MEASURED)
+    assert fitted.meta.stage1_iterations == round(fitted.meta.train.iterations * 2 / 3)

@@ -22,7 +22,10 @@ from sparseseg.config import Preset
 
 # Shares of the training time: 2D model, 3D model, meta-model (both self-training stages).
 SHARES = {"2d": 0.2, "3d": 0.4, "meta": 0.4}
-STAGE1_SHARE = 2 / 3  # of the meta-model's iterations (the rest is NN-fit)
+# Of the meta-model's iterations (the rest is NN-fit), per meta.init. A 2D meta-model started
+# from the 2D model already predicts its PL set, and random targets pulled it away from it
+# (ISBI 2012, docs/results.md): it starts NN-fit at once.
+STAGE1_SHARE = {"scratch": 2 / 3, "3d": 2 / 3, "2d": 0.0}
 MIN_ITERATIONS = 20
 NNFIT_ROUNDS = 5  # NN-fit predicts every training volume this often (see sparseseg.selftrain)
 SECONDS_PER_CASE_IO = 0.5  # reading, writing and scoring one case once
@@ -213,7 +216,7 @@ def fit_budget(
     s1 = (
         preset.meta.stage1_iterations
         if "meta.stage1_iterations" in keep
-        else int(round(meta * STAGE1_SHARE))
+        else int(round(meta * STAGE1_SHARE[preset.meta.init]))
     )
     if "meta.train.iterations" not in keep:  # NN-fit gets a few steps after stage 1
         meta = max(meta, s1 + MIN_ITERATIONS // 2)
