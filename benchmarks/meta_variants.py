@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparseseg import fingerprint
+from sparseseg import fingerprint, output_folder
 from sparseseg.config import apply_overrides, preset_from_dict
 from sparseseg.data.layout import Dataset
 from sparseseg.pipeline import (
@@ -80,14 +80,18 @@ def run_variant(run: Path, out: Path, overrides: list[str]) -> dict:
     if not stage2.exists():
         stage2.symlink_to((run / STAGE2_DIR).resolve())
     settings = {"preset": fingerprint.plain(preset.to_dict()), "base_run": str(run.resolve())}
-    fingerprint.write(out, fingerprint.make(fingerprint.dataset_fingerprint(dataset), settings))
+    current = fingerprint.make(fingerprint.dataset_fingerprint(dataset), settings)
+    if fingerprint.read(out) is not None:  # a variant folder is resumed only for what made it
+        output_folder.check(out, current, f"variant folder {out}")
+    fingerprint.write(out, current)
     t0 = time.perf_counter()
     stage3 = out / STAGE3_DIR
     if preset.meta == base.meta:
         if not stage3.exists():
             stage3.symlink_to((run / STAGE3_DIR).resolve())
     elif not (stage3 / "meta.pt").exists():
-        run_meta_stage(dataset, out, preset, resume=False, device=None, progress=False, log=print)
+        # resume: a stopped variant continues from its checkpoint (same preset, same base run)
+        run_meta_stage(dataset, out, preset, resume=True, device=None, progress=False, log=print)
         remove_cache(out)
     trained = time.perf_counter() - t0
     make_bundle(dataset, out, preset)
