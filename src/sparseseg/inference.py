@@ -119,6 +119,44 @@ def predict_volume_3d(
     return probs[0].float().numpy()
 
 
+def predict_meta(
+    model: torch.nn.Module,
+    inputs: np.ndarray,
+    inference,
+    plane: str = "",
+    patch2d: Sequence[int] | None = None,
+    *,
+    mirror_axes: Sequence[int] = (),
+    device=None,
+    precision: str = "auto",
+) -> np.ndarray:
+    """The meta-model's softmax (C, X, Y, Z) float32 for ``inputs`` (Cin + C, X, Y, Z): the
+    image channels and A(Y). A 3D meta-model runs in sliding windows of ``inference.patch``
+    (mirrored along ``mirror_axes``); a 2D one (``plane``) over the slices of its plane, in
+    windows of its training patch ``patch2d``."""
+    if plane:
+        return predict_planes_2d(
+            model,
+            inputs,
+            (plane,),
+            patch=patch2d,
+            overlap=inference.overlap,
+            batch_size=inference.slice_batch_size,
+            device=device,
+            precision=precision,
+        )[plane]
+    return predict_volume_3d(
+        model,
+        inputs,
+        inference.patch,
+        inference.overlap,
+        sw_batch_size=inference.sw_batch_size,
+        mirror_axes=mirror_axes,
+        device=device,
+        precision=precision,
+    )
+
+
 def mirror_flips(axes: Sequence[int]) -> list[tuple[int, ...]]:
     """The tensor dims (B, C, X, Y, Z) to flip for each non-empty combination of the spatial
     ``axes`` (0-2): 2^n - 1 flips."""

@@ -163,10 +163,14 @@ class Predictor:
         part's probabilities go back to the image's shape (linear) before the argmax, so
         labels and probabilities are always on the image's own grid."""
         from sparseseg.data.resample import resample_image, resample_probabilities
-        from sparseseg.inference import argmax_uint8, predict_planes_2d, predict_volume_3d
+        from sparseseg.inference import (
+            argmax_uint8,
+            predict_meta,
+            predict_planes_2d,
+            predict_volume_3d,
+        )
         from sparseseg.pseudolabels import MeanMap
         from sparseseg.runtime import zscore
-        from sparseseg.selftrain import predict_meta
 
         inf = self.preset.inference
         tick = step or (lambda _name: None)

@@ -226,46 +226,6 @@ class MetaSampler:
 CE_BLOCK = 1 << 20  # voxels per block of whole_volume_ce (a multiple of any SIMD width)
 
 
-def predict_meta(
-    model: torch.nn.Module,
-    inputs: np.ndarray,
-    inference,
-    plane: str = "",
-    patch2d: Sequence[int] | None = None,
-    *,
-    mirror_axes: Sequence[int] = (),
-    device=None,
-    precision: str = "auto",
-) -> np.ndarray:
-    """The meta-model's softmax (C, X, Y, Z) float32 for ``inputs`` (Cin + C, X, Y, Z): the
-    image channels and A(Y). A 3D meta-model runs in sliding windows of ``inference.patch``
-    (mirrored along ``mirror_axes``); a 2D one (``plane``) over the slices of its plane, in
-    windows of its training patch ``patch2d``."""
-    from sparseseg.inference import predict_planes_2d, predict_volume_3d
-
-    if plane:
-        return predict_planes_2d(
-            model,
-            inputs,
-            (plane,),
-            patch=patch2d,
-            overlap=inference.overlap,
-            batch_size=inference.slice_batch_size,
-            device=device,
-            precision=precision,
-        )[plane]
-    return predict_volume_3d(
-        model,
-        inputs,
-        inference.patch,
-        inference.overlap,
-        sw_batch_size=inference.sw_batch_size,
-        mirror_axes=mirror_axes,
-        device=device,
-        precision=precision,
-    )
-
-
 def whole_volume_ce(
     model: torch.nn.Module,
     case: dict,
@@ -279,11 +239,13 @@ def whole_volume_ce(
     """(K,) mean cross-entropy of the model's whole-volume prediction to each PL set of a case.
 
     ``inference`` is an :class:`sparseseg.config.InferenceConfig` (sliding-window settings);
-    ``plane`` and ``patch2d`` as :func:`predict_meta`. The same numbers as :func:`ce_per_set`
-    on the whole volume, computed in blocks of voxels: one (C, X, Y, Z) float32 volume and one
-    (X, Y, Z) of losses at a time, not K int64 targets, a log-softmax copy and their gathers
-    (tests/test_selftrain.py checks the equality).
+    ``plane`` and ``patch2d`` as :func:`sparseseg.inference.predict_meta`. The same numbers as
+    :func:`ce_per_set` on the whole volume, computed in blocks of voxels: one (C, X, Y, Z)
+    float32 volume and one (X, Y, Z) of losses at a time, not K int64 targets, a log-softmax
+    copy and their gathers (tests/test_selftrain.py checks the equality).
     """
+    from sparseseg.inference import predict_meta
+
     probs = predict_meta(
         model, case["image"], inference, plane, patch2d, device=device, precision=precision
     )
