@@ -144,6 +144,59 @@ def test_patch_sampler_centred_crops_hold_the_centre_and_stay_inside():
             assert (0 <= s <= n - p) if n >= p else (n - p <= s <= 0)  # no needless padding
 
 
+def test_zoom_augmentation_scales_the_crop_and_keeps_labels_and_padding():
+    """Zoomed in 2x, a crop covers half the extent of the x ramp; zoomed out, the label keeps
+    only its own values and the ignore padding; image and label stay aligned either way."""
+    x = np.broadcast_to(np.arange(32, dtype=np.float32)[:, None, None], (32, 32, 32))
+    label = (x >= 16).astype(np.int16)
+    case = {"image": np.ascontiguousarray(x), "label": label}
+    common = {"ignore_index": IGNORE, "flip_axes": (), "rot90_xy": False, "augment_prob": 1.0}
+    plain = PatchSampler3D([case], (16, 16, 16), 4, **common)(0)["image"]
+    zoomed = PatchSampler3D([case], (16, 16, 16), 4, scale_range=(2.0, 2.0), **common)(0)
+    span = lambda img: img.amax(dim=(1, 2, 3, 4)) - img.amin(dim=(1, 2, 3, 4))  # noqa: E731
+    assert torch.all(span(plain) == 15) and torch.all(span(zoomed["image"]) < 8.5)
+    lab, img = zoomed["label"], zoomed["image"][:, 0]
+    assert torch.equal(lab, (img >= 15.5).long())
+    out = PatchSampler3D([case], (16, 16, 16), 4, scale_range=(0.25, 0.25), **common)(0)
+    assert set(out["label"].unique().tolist()) <= {0, 1, IGNORE}
+    assert (out["label"] == IGNORE).any()  # a 64-voxel crop of a 32-voxel volume: padding
+    flat = SliceSampler2D(
+        [case],
+        (16, 16),
+        4,
+        ignore_index=IGNORE,
+        planes=("yz",),
+        scale_range=(2.0, 2.0),
+        augment_prob=1.0,
+        flip=False,
+        rot90=False,
+    )(0)
+    assert flat["image"].shape == (4, 1, 16, 16)
+
+
+def test_intensity_augmentation_changes_the_image_only_and_is_deterministic():
+    image, label = _volume()
+    case = {"image": image, "label": label}
+    common = {"ignore_index": IGNORE, "seed": 4, "augment_prob": 1.0}
+    plain = PatchSampler3D([case], (8, 8, 8), 1, **common)(2)
+    sampler = PatchSampler3D([case], (8, 8, 8), 1, intensity_scale=0.3, noise_std=0.2, **common)
+    batch = sampler(2)  # one sample: its crop is drawn before the intensity draws
+    assert torch.equal(batch["label"], plain["label"])
+    assert not torch.allclose(batch["image"], plain["image"])
+    assert (batch["image"] - plain["image"]).abs().max() < 3.0
+    assert all(torch.equal(batch[k], sampler(2)[k]) for k in batch)
+    off = PatchSampler3D([case], (8, 8, 8), 1, intensity_scale=0.3, **{**common, "augment_prob": 0})
+    assert torch.equal(off(2)["image"], plain["image"])
+
+
+def test_augmentation_settings_are_checked():
+    for bad in ("train3d.scale_range=1.2", "train3d.scale_range=1.4,0.7", "train2d.noise_std=-1"):
+        with pytest.raises(ValueError, match="scale_range|noise_std"):
+            get_preset("auto", [bad])
+    cfg = get_preset("auto", ["train3d.scale_range=0.7,1.4", "train3d.intensity_scale=0.25"])
+    assert cfg.train3d.scale_range == (0.7, 1.4) and cfg.train3d.intensity_scale == 0.25
+
+
 def test_slice_sampler_2d_draws_only_annotated_slices():
     image, label = _volume(1)
     sparse = np.full(label.shape, IGNORE, np.int16)

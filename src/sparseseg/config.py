@@ -95,6 +95,14 @@ class TrainConfig:
     annotated_fraction: float = 0.67  # share of crops centred on an annotated voxel
     flip_axes: tuple[int, ...] = (0, 1, 2)  # random flips; all axes for sparse labels
     rot90_xy: bool = True  # random 90-degree rotations in the axial (xy) plane
+    # Base models only (the meta-model's sampler has none of these), each drawn per sample with
+    # probability ``augment_prob``: a zoom by a factor in ``scale_range`` (> 1 zooms in), the
+    # image scaled by 1 + U(-``intensity_scale``, +``intensity_scale``), Gaussian noise of std
+    # up to ``noise_std`` (z-scored units). Off by default: docs/results.md has what they bought.
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    intensity_scale: float = 0.0
+    noise_std: float = 0.0
+    augment_prob: float = 0.2
     precision: str = "auto"
     channels_last: bool = True  # channels_last(_3d) memory format on CPU (faster with bf16)
     checkpoint_every: int = 200  # iterations between checkpoints
@@ -420,6 +428,8 @@ def apply_overrides(preset: Preset, overrides: list[str] | dict[str, Any]) -> Pr
     for key, value in items:
         preset = _set(preset, key.split("."), value)
     check_meta_schedule(preset.meta)
+    for name in ("train2d", "train3d"):
+        check_augmentation(name, getattr(preset, name))
     return dataclasses.replace(
         preset,
         inference=dataclasses.replace(
@@ -452,6 +462,21 @@ def check_meta_schedule(meta: MetaConfig) -> None:
             f"meta.stage1_iterations ({meta.stage1_iterations}) must lie between 0 and "
             f"meta.train.iterations ({meta.train.iterations}), the meta-model's whole schedule"
         )
+
+
+def check_augmentation(name: str, cfg: TrainConfig) -> None:
+    """ValueError unless ``cfg``'s zoom range is 0 < low <= high, the intensity and noise
+    amounts are >= 0 and ``augment_prob`` lies in [0, 1] (``name``: its section)."""
+    scale = tuple(float(v) for v in cfg.scale_range)
+    lo, hi = scale if len(scale) == 2 else (0.0, 0.0)
+    if not 0 < lo <= hi:
+        raise ValueError(
+            f"{name}.scale_range must be two factors 0 < low <= high, got {cfg.scale_range}"
+        )
+    if cfg.intensity_scale < 0 or cfg.noise_std < 0:
+        raise ValueError(f"{name}.intensity_scale and {name}.noise_std must be >= 0")
+    if not 0 <= cfg.augment_prob <= 1:
+        raise ValueError(f"{name}.augment_prob must lie in [0, 1], got {cfg.augment_prob}")
 
 
 def check_mirror_axes(axes) -> tuple[int, ...]:

@@ -177,6 +177,7 @@ def train_model2d(
         flip=bool(cfg.flip_axes),
         rot90=cfg.rot90_xy,
         seed=cfg.seed,
+        **augmentation(cfg),
     )
     return _fit(
         model, sampler, ignore_index, cfg, checkpoint, "2D base model", resume, device, progress
@@ -212,10 +213,21 @@ def train_model3d(
         flip_axes=cfg.flip_axes,
         rot90_xy=cfg.rot90_xy,
         seed=cfg.seed,
+        **augmentation(cfg),
     )
     return _fit(
         model, sampler, ignore_index, cfg, checkpoint, "3D base model", resume, device, progress
     )
+
+
+def augmentation(cfg) -> dict:
+    """The samplers' zoom, intensity and noise settings from a TrainConfig."""
+    return {
+        "scale_range": cfg.scale_range,
+        "intensity_scale": cfg.intensity_scale,
+        "noise_std": cfg.noise_std,
+        "augment_prob": cfg.augment_prob,
+    }
 
 
 def _in_channels(cases: Sequence[Mapping[str, np.ndarray]]) -> int:

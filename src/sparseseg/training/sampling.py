@@ -18,7 +18,15 @@ import numpy as np
 import torch
 
 from sparseseg.data.planes import PLANES, to_slices
-from sparseseg.training.augment import apply_transform, crop_shape_for, draw_transform
+from sparseseg.training.augment import (
+    apply_transform,
+    augment_intensity,
+    crop_shape_for,
+    draw_scale,
+    draw_transform,
+    resize,
+    scaled_shape,
+)
 
 Case = Mapping[str, np.ndarray]
 
@@ -93,6 +101,10 @@ class PatchSampler3D:
         rot90_xy: bool = True,
         seed: int = 0,
         max_candidates: int = 100_000,
+        scale_range: Sequence[float] = (1.0, 1.0),
+        intensity_scale: float = 0.0,
+        noise_std: float = 0.0,
+        augment_prob: float = 0.2,
     ):
         if not cases:
             raise ValueError("no cases to sample from")
@@ -104,6 +116,8 @@ class PatchSampler3D:
         self.flip_axes = tuple(flip_axes)
         self.rot90_xy = rot90_xy
         self.seed = int(seed)
+        self.scale_range = tuple(float(v) for v in scale_range)
+        self.intensity = (float(intensity_scale), float(noise_std), float(augment_prob))
         rng = np.random.default_rng([self.seed, 2**31 - 1])
         self.candidates: list[np.ndarray] = []
         for case in self.cases:
@@ -127,16 +141,20 @@ class PatchSampler3D:
         size = self.spatial_shape(i)
         k, flips = draw_transform(rng, 3, self.flip_axes, self.rot90_xy)
         shape = crop_shape_for(self.patch, k)
+        crop = scaled_shape(shape, draw_scale(rng, self.scale_range, self.intensity[2]))
         centre = None
         cand = self.candidates[i]
         if cand.size and rng.random() < self.annotated_fraction:
             centre = np.unravel_index(int(cand[rng.integers(cand.size)]), size)
-        start = crop_start(rng, centre, size, shape)
+        start = crop_start(rng, centre, size, crop)
         out = {}
         for key, array in self.cases[i].items():
             floating = np.issubdtype(array.dtype, np.floating)
             pad = 0.0 if floating else (self.ignore_index if self.ignore_index is not None else 0)
-            out[key] = apply_transform(crop_padded(array, start, shape, pad), 3, k, flips)
+            region = resize(crop_padded(array, start, crop, pad), 3, shape)
+            out[key] = apply_transform(region, 3, k, flips)
+        if "image" in out:
+            out["image"] = augment_intensity(out["image"], rng, *self.intensity)
         return out
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
@@ -167,6 +185,10 @@ class SliceSampler2D:
         flip: bool = True,
         rot90: bool = True,
         seed: int = 0,
+        scale_range: Sequence[float] = (1.0, 1.0),
+        intensity_scale: float = 0.0,
+        noise_std: float = 0.0,
+        augment_prob: float = 0.2,
     ):
         self.cases = list(cases)
         self.patch = tuple(int(p) for p in patch)
@@ -176,6 +198,8 @@ class SliceSampler2D:
         self.flip = flip
         self.rot90 = rot90
         self.seed = int(seed)
+        self.scale_range = tuple(float(v) for v in scale_range)
+        self.intensity = (float(intensity_scale), float(noise_std), float(augment_prob))
         # weights[i][plane]: annotated pixels per slice
         self.weights: list[dict[str, np.ndarray]] = []
         for case in self.cases:
@@ -203,17 +227,20 @@ class SliceSampler2D:
         image = to_slices(case["image"], plane)[..., n, :, :]
         k, flips = draw_transform(rng, 2, (0, 1) if self.flip else (), self.rot90)
         shape = crop_shape_for(self.patch, k)
+        crop = scaled_shape(shape, draw_scale(rng, self.scale_range, self.intensity[2]))
         centre = None
         if rng.random() < self.annotated_fraction:
             ann = label != self.ignore_index if self.ignore_index is not None else None
             flat = np.flatnonzero(ann) if ann is not None else np.arange(label.size)
             if flat.size:
                 centre = np.unravel_index(int(flat[rng.integers(flat.size)]), label.shape)
-        start = crop_start(rng, centre, label.shape, shape)
+        start = crop_start(rng, centre, label.shape, crop)
         pad_label = self.ignore_index if self.ignore_index is not None else 0
+        image = resize(crop_padded(image, start, crop, 0.0), 2, shape)
+        label = resize(crop_padded(label, start, crop, pad_label), 2, shape)
         return {
-            "image": apply_transform(crop_padded(image, start, shape, 0.0), 2, k, flips),
-            "label": apply_transform(crop_padded(label, start, shape, pad_label), 2, k, flips),
+            "image": augment_intensity(apply_transform(image, 2, k, flips), rng, *self.intensity),
+            "label": apply_transform(label, 2, k, flips),
         }
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
