@@ -85,7 +85,11 @@ class PatchSampler3D:
     With probability ``annotated_fraction`` a crop contains a voxel drawn uniformly from the
     annotated voxels (``cases[i][label_key] != ignore_index``) of the case; otherwise the crop is
     placed uniformly. Cases are drawn uniformly. ``flip_axes`` are spatial axes 0..2 (all three
-    for sparse labels, so supervised planes do not sit at fixed positions).
+    for sparse labels, so supervised planes do not sit at fixed positions). Optional zoom (a crop of
+    ``patch / s`` resized to ``patch``, s uniform in ``scale_range``; labels nearest, padding
+    ``ignore_index``), intensity scaling and Gaussian noise of 'image', each per sample with
+    probability ``augment_prob`` (:mod:`sparseseg.training.augment`; none draws when off, so
+    the crops are those of a sampler without them).
     """
 
     def __init__(
@@ -169,7 +173,8 @@ class SliceSampler2D:
     in that case), an annotated slice of that plane (probability proportional to its number of
     annotated pixels, so every annotated pixel is equally likely to be chosen) and a crop of
     ``patch`` that, with probability ``annotated_fraction``, contains an annotated pixel; then
-    random flips of both axes and 90-degree rotations. Works unchanged on dense labels.
+    random flips of both axes and 90-degree rotations, and the optional zoom, intensity and noise
+    of :class:`PatchSampler3D`. Works unchanged on dense labels.
     Batches: 'image' (B, Cin, a, b) float32 and 'label' (B, a, b) int64.
     """
 
