@@ -245,3 +245,31 @@ def test_python_api_mirrors_the_cli(trained, tmp_path):
 
     sel = api.select(dataset, 8, tmp_path / "sel", strategy="eia", progress=False)
     assert (tmp_path / "sel").exists() and len(sel.cases) == 3
+
+
+def test_a_2d_model_with_neighbouring_slices_trains_and_predicts(trained, tmp_path):
+    """``model2d.context=1``: the 2D model reads three slices per input channel, and the
+    pseudo-labels, the bundle and ``predict`` all feed it so."""
+    from sparseseg.bundle import load_bundle
+    from sparseseg.pipeline import train
+    from sparseseg.predict import predict_files
+
+    dataset, _, _ = trained
+    state = train(
+        dataset, tmp_path / "model", "cpu", {**TINY, "model2d.context": 1}, progress=False
+    )
+    bundle = load_bundle(tmp_path / "model")
+    assert bundle.parts["2d"].kwargs["in_channels"] == 3 and bundle.num_channels == 1
+    assert set(state["report"]["parts"]) == {"meta", "3d", "xy", "xz", "yz"}
+    out = predict_files(
+        tmp_path / "model" / "stage2_pseudolabels" / "models" / "model2d.pt",
+        Path(dataset) / "imagesTs",
+        tmp_path / "pred",
+        parts="xy",
+        progress=False,
+    )
+    assert all(paths["xy"].exists() for paths in out.values())
+    with pytest.raises(ValueError, match="context"):
+        from sparseseg.config import get_preset
+
+        get_preset("auto", ["model2d.context=1", "meta.plane=xy", "meta.init=2d"])

@@ -221,6 +221,29 @@ def test_slice_sampler_2d_draws_only_annotated_slices():
     assert set(dense.weights[0]) == {"xy", "xz", "yz"}
 
 
+def test_slice_sampler_with_context_stacks_the_neighbouring_slices():
+    """With context 1, channel 1 is the sampled slice and channels 0 and 2 its neighbours along
+    the plane's normal (z for xy): a volume whose value is its z index shows n-1, n, n+1."""
+    z = np.broadcast_to(np.arange(10, dtype=np.float32), (16, 16, 10)).copy()
+    label = np.full(z.shape, IGNORE, np.int16)
+    label[:, :, 0] = label[:, :, 5] = 1  # annotated slices at both an end and the middle
+    sampler = SliceSampler2D(
+        [{"image": z, "label": label}],
+        (16, 16),
+        16,
+        ignore_index=IGNORE,
+        planes=("xy",),
+        context=1,
+        annotated_fraction=1.0,
+    )
+    image = sampler(0)["image"]  # (16, 3, 16, 16)
+    assert image.shape == (16, 3, 16, 16)
+    middle = image[:, 1, 0, 0]
+    assert set(middle.tolist()) == {0.0, 5.0}
+    assert torch.equal(image[:, 0, 0, 0], torch.clamp(middle - 1, min=0))  # end slice repeated
+    assert torch.equal(image[:, 2, 0, 0], middle + 1)
+
+
 # Training loop --------------------------------------------------------------------------------
 def _tiny_setup(iterations=8, **cfg_kw):
     image, label = _volume(2, (24, 24, 12))

@@ -84,9 +84,14 @@ class Bundle:
 
     @property
     def num_channels(self) -> int:
-        """Image channels the models read (1 for bundles that do not record it)."""
-        part = self.parts.get("3d") or self.parts.get("2d")
-        return int(part.kwargs.get("in_channels", 1)) if part is not None else 1
+        """Image channels the models read (1 for bundles that do not record it); a 2D model with
+        neighbouring slices as input (``model2d.context``) reads 2 context + 1 per channel."""
+        if "3d" in self.parts:
+            return int(self.parts["3d"].kwargs.get("in_channels", 1))
+        if "2d" in self.parts:
+            context = int(self.config.get("model2d", {}).get("context", 0))
+            return int(self.parts["2d"].kwargs.get("in_channels", 1)) // (2 * context + 1)
+        return 1
 
     def build(self, part: str):
         """Network ``part`` ('2d', '3d' or 'meta') in eval mode; InputError if it can't be built."""

@@ -36,6 +36,9 @@ class Model2DConfig:
     filters: tuple[int, ...] = (16, 32, 64, 128)
     strides: tuple[int, ...] = (1, 1, 2, 2, 2, 2, 2, 2)
     kernels: tuple[int, ...] = (3, 3, 3, 3, 3, 3, 3, 3)
+    # Neighbouring slices on either side given as extra input channels (0: the slice alone).
+    # Measured in docs/results.md ("Neighbouring slices"); not yet with a 2D meta-model.
+    context: int = 0
 
 
 @dataclass(frozen=True)
@@ -430,6 +433,10 @@ def apply_overrides(preset: Preset, overrides: list[str] | dict[str, Any]) -> Pr
     check_meta_schedule(preset.meta)
     for name in ("train2d", "train3d"):
         check_augmentation(name, getattr(preset, name))
+    if preset.model2d.context < 0:
+        raise ValueError(f"model2d.context must be >= 0, got {preset.model2d.context}")
+    if preset.model2d.context and preset.meta.init == "2d":
+        raise ValueError("meta.init=2d starts from a 2D model without context: model2d.context=0")
     return dataclasses.replace(
         preset,
         inference=dataclasses.replace(

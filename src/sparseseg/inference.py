@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparseseg.data.planes import PLANES, to_slices
+from sparseseg.data.planes import PLANES, to_slices, with_neighbours
 from sparseseg.runtime import autocast, memory_format_for, resolve_device, zscore
 
 
@@ -209,8 +209,10 @@ def predict_planes_2d(
     normalize: bool = False,
     labels_only: bool = False,
     channels_last: bool = True,
+    context: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Run a 2D model over every slice of each plane.
+    """Run a 2D model over every slice of each plane (with ``context`` k, each slice with the k
+    on either side as extra channels, as the model was trained).
 
     Returns ``{plane: probs (C, X, Y, Z) float32}``, or with ``labels_only`` ``{plane: argmax
     (X, Y, Z) uint8}`` (C times less memory). Slices go through in batches of ``batch_size``.
@@ -253,7 +255,10 @@ def predict_planes_2d(
         with torch.inference_mode():
             for n0 in range(0, n_slices, batch_size):
                 n1 = min(n0 + batch_size, n_slices)
-                chunk = np.moveaxis(slices[:, n0:n1], 0, 1)  # (b, Cin, A, B)
+                if context:
+                    chunk = with_neighbours(slices, np.arange(n0, n1), context)
+                else:
+                    chunk = np.moveaxis(slices[:, n0:n1], 0, 1)  # (b, Cin, A, B)
                 t = torch.from_numpy(np.ascontiguousarray(chunk)).to(device)
                 if canvas:
                     probs = _sliding_window_2d(t, patch, stride, overlap, batch_size, predictor)

@@ -212,6 +212,7 @@ class Predictor:
                 overlap=inf.overlap,
                 batch_size=inf.slice_batch_size,
                 labels_only=not keep_probs,
+                context=self.preset.model2d.context,
                 **common,
             )[plane]
             labels = argmax_uint8(result) if keep_probs else result

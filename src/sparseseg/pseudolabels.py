@@ -166,7 +166,8 @@ def train_model2d(
 
     cfg = preset.train2d
     torch.manual_seed(cfg.seed)  # the initial weights follow the seed too
-    model = build_model2d(preset.model2d, _in_channels(cases), num_classes)
+    context = preset.model2d.context
+    model = build_model2d(preset.model2d, _in_channels(cases) * (2 * context + 1), num_classes)
     sampler = SliceSampler2D(
         cases,
         cfg.patch,
@@ -177,6 +178,7 @@ def train_model2d(
         flip=bool(cfg.flip_axes),
         rot90=cfg.rot90_xy,
         seed=cfg.seed,
+        context=context,
         **augmentation(cfg),
     )
     return _fit(
@@ -354,6 +356,7 @@ def compute_pseudolabels(
         batch_size=inf.slice_batch_size,
         device=device,
         labels_only=True,
+        context=preset.model2d.context,
     )
     probs = predict_volume_3d(
         model3d, image, inf.patch, inf.overlap, sw_batch_size=inf.sw_batch_size, device=device

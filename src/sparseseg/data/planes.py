@@ -34,6 +34,19 @@ def to_slices(volume: np.ndarray, plane: str) -> np.ndarray:
     return np.moveaxis(volume, NORMAL_AXIS[plane], -3)
 
 
+def with_neighbours(slices: np.ndarray, index, context: int) -> np.ndarray:
+    """Slices ``index`` (an int or an index array) of ``slices`` (C, N, A, B), each with the
+    ``context`` slices on either side (repeated at the ends) as extra channels:
+    (C * (2 context + 1), A, B) for an int, (len(index), C * (2 context + 1), A, B) for an array.
+    Channel c * (2 context + 1) + j holds channel c of slice n + j - context."""
+    n = slices.shape[-3]
+    idx = np.asarray(index)
+    near = np.clip(idx[..., None] + np.arange(-context, context + 1), 0, n - 1)  # (..., 2k+1)
+    out = slices[:, near]  # (C, ..., 2k+1, A, B)
+    out = np.moveaxis(out, 0, -4)  # (..., C, 2k+1, A, B)
+    return out.reshape(*out.shape[:-4], -1, *out.shape[-2:])
+
+
 def from_slices(slices: np.ndarray, plane: str) -> np.ndarray:
     """Inverse of :func:`to_slices`: (..., N, A, B) back to (..., X, Y, Z)."""
     return np.moveaxis(slices, -3, NORMAL_AXIS[plane])

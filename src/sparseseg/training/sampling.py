@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from sparseseg.data.planes import PLANES, to_slices
+from sparseseg.data.planes import PLANES, to_slices, with_neighbours
 from sparseseg.training.augment import (
     apply_transform,
     augment_intensity,
@@ -174,7 +174,9 @@ class SliceSampler2D:
     annotated pixels, so every annotated pixel is equally likely to be chosen) and a crop of
     ``patch`` that, with probability ``annotated_fraction``, contains an annotated pixel; then
     random flips of both axes and 90-degree rotations, and the optional zoom, intensity and noise
-    of :class:`PatchSampler3D`. Works unchanged on dense labels.
+    of :class:`PatchSampler3D`. With ``context`` k the image holds the k slices on either side as
+    extra channels (Cin x (2k + 1), :func:`sparseseg.data.planes.with_neighbours`). Works
+    unchanged on dense labels.
     Batches: 'image' (B, Cin, a, b) float32 and 'label' (B, a, b) int64.
     """
 
@@ -194,8 +196,10 @@ class SliceSampler2D:
         intensity_scale: float = 0.0,
         noise_std: float = 0.0,
         augment_prob: float = 0.2,
+        context: int = 0,
     ):
         self.cases = list(cases)
+        self.context = int(context)
         self.patch = tuple(int(p) for p in patch)
         self.batch_size = int(batch_size)
         self.ignore_index = ignore_index
@@ -229,7 +233,11 @@ class SliceSampler2D:
         plane = planes[int(rng.integers(len(planes)))]
         n = int(rng.choice(len(weights[plane]), p=weights[plane]))
         label = to_slices(case["label"], plane)[n]
-        image = to_slices(case["image"], plane)[..., n, :, :]
+        if self.context:
+            stack = to_slices(case["image"], plane)
+            image = with_neighbours(stack[None] if stack.ndim == 3 else stack, n, self.context)
+        else:
+            image = to_slices(case["image"], plane)[..., n, :, :]
         k, flips = draw_transform(rng, 2, (0, 1) if self.flip else (), self.rot90)
         shape = crop_shape_for(self.patch, k)
         crop = scaled_shape(shape, draw_scale(rng, self.scale_range, self.intensity[2]))
