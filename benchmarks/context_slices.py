@@ -9,8 +9,8 @@ split along that plane and prints mean foreground Dice and the paired difference
     PYTHONPATH=src python benchmarks/context_slices.py hippo_study/runs/ra-s20-seed1/model \
         --out context_xy --plane xy --context 0 1
 
-The context is built as image channels (one per shifted copy of the volume along the plane's
-normal), so the project's own sampler, trainer and 2D predictor run unchanged.
+The context is the engine's own (``model2d.context``: the sampler and the 2D predictor stack
+the neighbouring slices as extra channels).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from sparseseg.bundle import load_bundle, save_bundle
 from sparseseg.config import apply_overrides, preset_from_dict
 from sparseseg.data.layout import Dataset
-from sparseseg.data.planes import NORMAL_AXIS, PLANES
+from sparseseg.data.planes import PLANES
 from sparseseg.data.store import training_store
 from sparseseg.inference import predict_planes_2d
 from sparseseg.metrics import dice
@@ -43,30 +43,21 @@ from sparseseg.pseudolabels import (
 from sparseseg.report import paired_difference
 
 
-def with_context(image: np.ndarray, plane: str, k: int) -> np.ndarray:
-    """(X, Y, Z) -> (2k + 1, X, Y, Z): the volume shifted by -k..k slices along ``plane``'s
-    normal (edge slices repeated), so slice n of channel j is slice n + j - k."""
-    axis = NORMAL_AXIS[plane]
-    n = image.shape[axis]
-    return np.stack(
-        [np.take(image, np.clip(np.arange(n) + s, 0, n - 1), axis=axis) for s in range(-k, k + 1)]
-    )
-
-
 def run_context(
     run: Path, out: Path, plane: str, k: int, cache: Path, iterations: int | None
 ) -> tuple[list, float]:
     state = json.loads((run / STATE_FILE).read_text())
     dataset = Dataset.open(state["dataset"])
     preset = dataclasses.replace(preset_from_dict(state["preset"]), planes=(plane,))
+    overrides = [f"model2d.context={k}"]
     if iterations is not None:
-        preset = apply_overrides(preset, [f"train2d.iterations={iterations}"])
+        overrides.append(f"train2d.iterations={iterations}")
+    preset = apply_overrides(preset, overrides)
     out.mkdir(parents=True, exist_ok=True)
     bundle_file = out / "model2d.pt"
     t0 = time.perf_counter()
     if not bundle_file.exists():
-        stored = training_store(dataset, cache, "Tr", preset.target_spacing)
-        cases = [{"image": with_context(c["image"], plane, k), "label": c["label"]} for c in stored]
+        cases = training_store(dataset, cache, "Tr", preset.target_spacing)
         model, _ = train_model2d(
             cases,
             dataset.num_classes,
@@ -85,10 +76,11 @@ def run_context(
         arrays = training_case(dataset, case, "Ts", preset.target_spacing)
         pred = predict_planes_2d(
             model,
-            with_context(arrays["image"], plane, k),
+            arrays["image"],
             (plane,),
             patch=preset.train2d.patch,
             labels_only=True,
+            context=k,
         )[plane]
         label = arrays["label"]
         score = np.mean([dice(pred == c, label == c) for c in range(1, dataset.num_classes)])
