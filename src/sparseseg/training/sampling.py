@@ -121,7 +121,8 @@ class PatchSampler3D:
         self.rot90_xy = rot90_xy
         self.seed = int(seed)
         self.scale_range = tuple(float(v) for v in scale_range)
-        self.intensity = (float(intensity_scale), float(noise_std), float(augment_prob))
+        self.augment_prob = float(augment_prob)
+        self.intensity = (float(intensity_scale), float(noise_std), self.augment_prob)
         rng = np.random.default_rng([self.seed, 2**31 - 1])
         self.candidates: list[np.ndarray] = []
         for case in self.cases:
@@ -145,7 +146,7 @@ class PatchSampler3D:
         size = self.spatial_shape(i)
         k, flips = draw_transform(rng, 3, self.flip_axes, self.rot90_xy)
         shape = crop_shape_for(self.patch, k)
-        crop = scaled_shape(shape, draw_scale(rng, self.scale_range, self.intensity[2]))
+        crop = scaled_shape(shape, draw_scale(rng, self.scale_range, self.augment_prob))
         centre = None
         cand = self.candidates[i]
         if cand.size and rng.random() < self.annotated_fraction:
@@ -208,7 +209,8 @@ class SliceSampler2D:
         self.rot90 = rot90
         self.seed = int(seed)
         self.scale_range = tuple(float(v) for v in scale_range)
-        self.intensity = (float(intensity_scale), float(noise_std), float(augment_prob))
+        self.augment_prob = float(augment_prob)
+        self.intensity = (float(intensity_scale), float(noise_std), self.augment_prob)
         # weights[i][plane]: annotated pixels per slice
         self.weights: list[dict[str, np.ndarray]] = []
         for case in self.cases:
@@ -240,7 +242,7 @@ class SliceSampler2D:
             image = to_slices(case["image"], plane)[..., n, :, :]
         k, flips = draw_transform(rng, 2, (0, 1) if self.flip else (), self.rot90)
         shape = crop_shape_for(self.patch, k)
-        crop = scaled_shape(shape, draw_scale(rng, self.scale_range, self.intensity[2]))
+        crop = scaled_shape(shape, draw_scale(rng, self.scale_range, self.augment_prob))
         centre = None
         if rng.random() < self.annotated_fraction:
             ann = label != self.ignore_index if self.ignore_index is not None else None
