@@ -436,7 +436,10 @@ def apply_overrides(preset: Preset, overrides: list[str] | dict[str, Any]) -> Pr
     if preset.model2d.context < 0:
         raise ValueError(f"model2d.context must be >= 0, got {preset.model2d.context}")
     if preset.model2d.context and preset.meta.init == "2d":
-        raise ValueError("meta.init=2d starts from a 2D model without context: model2d.context=0")
+        raise ValueError(
+            "model2d.context > 0 does not work with a 2D meta-model started from the 2D model "
+            "(meta.init=2d, the plan for thick-section stacks)"
+        )
     return dataclasses.replace(
         preset,
         inference=dataclasses.replace(
