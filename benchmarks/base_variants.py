@@ -17,22 +17,19 @@ A stopped variant resumes from its checkpoint, in a folder made from the same se
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import fields
 from pathlib import Path
 
-from meta_variants import case_rows, score
+from meta_variants import case_rows, claim_variant_folder, paired_text, score, variant_arguments
 
-from sparseseg import fingerprint, output_folder
 from sparseseg.bundle import save_bundle
 from sparseseg.config import apply_overrides, preset_from_dict
 from sparseseg.data.layout import Dataset
 from sparseseg.data.store import training_store
-from sparseseg.evaluation import evaluate
 from sparseseg.models import base_part
-from sparseseg.pipeline import STATE_FILE, TEST_DIR
+from sparseseg.pipeline import STATE_FILE, TEST_DIR, score_predictions
 from sparseseg.predict import parse_parts, predict_files
 from sparseseg.pseudolabels import (
     MODEL2D,
@@ -69,12 +66,7 @@ def run_variant(run: Path, out: Path, overrides: list[str], cache: Path) -> dict
     base = preset_from_dict(state["preset"])
     preset = apply_overrides(base, overrides)
     name = changed_model(base, preset)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {"preset": fingerprint.plain(preset.to_dict()), "base_run": str(run.resolve())}
-    current = fingerprint.make(fingerprint.dataset_fingerprint(dataset), settings)
-    if fingerprint.read(out) is not None:  # resumed only for what made it
-        output_folder.check(out, current, f"variant folder {out}")
-    fingerprint.write(out, current)
+    claim_variant_folder(out, dataset, preset, run)
     bundle_file = out / f"{name}.pt"
     t0 = time.perf_counter()
     if not bundle_file.exists():
@@ -104,31 +96,13 @@ def run_variant(run: Path, out: Path, overrides: list[str], cache: Path) -> dict
         progress=False,
         overwrite=False,
     )
-    report = {}
-    for part in parts:
-        scores = evaluate(
-            pred_root / part, dataset.root, out=pred_root / part / "metrics.json", split="Ts"
-        )
-        summary = scores["summary"]
-        dice = [v["dice"]["mean"] for v in summary["classes"].values()]
-        report[part] = score(
-            {"rand_f": summary.get("rand_f", {}).get("mean")}, sum(dice) / len(dice)
-        )
-    return {"parts": report, "train_s": trained, "score_s": time.perf_counter() - t1}
+    report = score_predictions(dataset, out, pred_root, parts)["parts"]
+    scores = {p: score(report[p], report[p]["mean_dice"]) for p in parts}
+    return {"parts": scores, "train_s": trained, "score_s": time.perf_counter() - t1}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run", type=Path, help="a finished model folder")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument(
-        "--variant",
-        nargs="+",
-        action="append",
-        required=True,
-        metavar=("NAME", "FIELD=VALUE"),
-        help="a name and its overrides of one base model's settings (repeatable)",
-    )
+    parser = variant_arguments(__doc__.split("\n")[0], "one base model's settings")
     args = parser.parse_args()
     run_report = json.loads((args.run / "report.json").read_text())["parts"]
     print("| variant | part | run's model | variant | variant - run (95% CI, share better) |")
@@ -141,14 +115,9 @@ def main() -> None:
             d = paired_difference(
                 cases, "score", {"variant": name}, {"variant": "run"}, pair_on=("case",)
             )
-            interval = (
-                f" [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], {d['a_better']:.0%}"
-                if "ci_low" in d
-                else ""
-            )
             ran = score(run_report[part], run_report[part]["mean_dice"])
             print(
-                f"| {name} | {part} | {ran:.4f} | {value:.4f} | {d['mean']:+.4f}{interval}; "
+                f"| {name} | {part} | {ran:.4f} | {value:.4f} | {paired_text(d)}; "
                 f"train {result['train_s']:.0f} s, predict and score {result['score_s']:.0f} s |",
                 flush=True,
             )

@@ -61,6 +61,41 @@ def case_rows(model_dir: Path, part: str, variant: str) -> list[dict]:
     ]
 
 
+def claim_variant_folder(out: Path, dataset: Dataset, preset, run: Path) -> None:
+    """Record what variant folder ``out`` is made from (the preset and the base run); a folder
+    made from other settings is refused, so a stopped variant resumes only for what made it."""
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"preset": fingerprint.plain(preset.to_dict()), "base_run": str(run.resolve())}
+    current = fingerprint.make(fingerprint.dataset_fingerprint(dataset), settings)
+    if fingerprint.read(out) is not None:
+        output_folder.check(out, current, f"variant folder {out}")
+    fingerprint.write(out, current)
+
+
+def variant_arguments(description: str, what: str) -> argparse.ArgumentParser:
+    """The parser both variant benchmarks share: a finished run, --out, repeated --variant."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("run", type=Path, help="a finished model folder")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar=("NAME", "FIELD=VALUE"),
+        help=f"a name and its overrides of {what} (repeatable)",
+    )
+    return parser
+
+
+def paired_text(d: dict) -> str:
+    """'+0.0012 [-0.0003, +0.0027], 58%' for a :func:`paired_difference` result."""
+    interval = (
+        f" [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], {d['a_better']:.0%}" if "ci_low" in d else ""
+    )
+    return f"{d['mean']:+.4f}{interval}"
+
+
 def force_nnfit(index: int) -> None:
     """Make every NN-fit round of this process choose the PL set at ``index``."""
     import torch
@@ -75,15 +110,10 @@ def run_variant(run: Path, out: Path, overrides: list[str]) -> dict:
     dataset = Dataset.open(state["dataset"])
     base = preset_from_dict(state["preset"])
     preset = apply_overrides(base, overrides)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_variant_folder(out, dataset, preset, run)
     stage2 = out / STAGE2_DIR
     if not stage2.exists():
         stage2.symlink_to((run / STAGE2_DIR).resolve())
-    settings = {"preset": fingerprint.plain(preset.to_dict()), "base_run": str(run.resolve())}
-    current = fingerprint.make(fingerprint.dataset_fingerprint(dataset), settings)
-    if fingerprint.read(out) is not None:  # a variant folder is resumed only for what made it
-        output_folder.check(out, current, f"variant folder {out}")
-    fingerprint.write(out, current)
     t0 = time.perf_counter()
     stage3 = out / STAGE3_DIR
     if preset.meta == base.meta:
@@ -101,17 +131,7 @@ def run_variant(run: Path, out: Path, overrides: list[str]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run", type=Path, help="a finished model folder")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument(
-        "--variant",
-        nargs="+",
-        action="append",
-        required=True,
-        metavar=("NAME", "FIELD=VALUE"),
-        help="a name and its overrides of the run's preset (repeatable)",
-    )
+    parser = variant_arguments(__doc__.split("\n")[0], "the run's preset")
     parser.add_argument(
         "--force-set",
         default=None,
@@ -148,13 +168,8 @@ def main() -> None:
             d = paired_difference(
                 cases, "score", {"variant": name}, {"variant": "run"}, pair_on=("case",)
             )
-            interval = (
-                f" [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], {d['a_better']:.0%}"
-                if "ci_low" in d
-                else ""
-            )
             paired = (
-                f"{d['mean']:+.4f}{interval}; train {result['train_s']:.0f} s, "
+                f"{paired_text(d)}; train {result['train_s']:.0f} s, "
                 f"score {result['score_s']:.0f} s"
             )
         print(f"| {name} | {scores} | {paired} |")

@@ -216,12 +216,14 @@ def score_test_split(
         progress=progress,
         overwrite=False,
     )
-    return distributed.run_on_main(lambda: _score_predictions(dataset, model_dir, pred_root, parts))
+    return distributed.run_on_main(lambda: score_predictions(dataset, model_dir, pred_root, parts))
 
 
-def _score_predictions(
+def score_predictions(
     dataset: Dataset, model_dir: Path, pred_root: Path, parts: Sequence[str]
 ) -> dict:
+    """Score the test predictions PRED_ROOT/PART of each part against labelsTs; write
+    MODEL/report.json and return it (per part: Dice per class, their mean, Rand F on EM)."""
     from sparseseg.evaluation import evaluate
 
     report: dict[str, Any] = {"split": "Ts", "cases": len(dataset.cases("Ts")), "parts": {}}
