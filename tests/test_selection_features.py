@@ -150,6 +150,23 @@ def test_autoencoder_training_lowers_the_loss():
     assert feats.shape == (24, 128) and feats.dtype == np.float32
 
 
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_trunk_computes_in_bf16_only_where_the_cpu_has_it(monkeypatch, native_bf16):
+    # Emulated bf16 convolutions were 8x slower than fp32 on a CPU without AVX512-BF16 or AMX.
+    monkeypatch.setattr("sparseseg.runtime.cpu_supports_bf16", lambda: native_bf16)
+    torch.manual_seed(0)
+    model = SliceAutoEncoder(image_size=32)
+    slices = torch.rand(4, 1, 32, 32)
+    out = model.run_trunk(slices)
+    assert out.dtype == torch.bfloat16
+    x = ((slices.expand(-1, 3, -1, -1) - model.mean) / model.std).contiguous(
+        memory_format=torch.channels_last
+    )
+    with torch.no_grad():
+        fp32 = model.trunk.eval()(x).to(torch.bfloat16)
+    assert torch.equal(out, fp32) is not native_bf16
+
+
 def _volumes():
     rng = np.random.default_rng(0)
     return [np.cumsum(rng.normal(size=(6, 7, 5)), axis=a) for a in (0, 2)]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sparseseg.runtime import autocast
 from sparseseg.selection.rowfile import RowFile
 from sparseseg.selection.vgg import (
     IMAGENET_MEAN,
@@ -90,7 +91,11 @@ class SliceAutoEncoder(nn.Module):
     def run_trunk(
         self, slices: torch.Tensor, progress: Callable[[int], object] | None = None, batch: int = 32
     ) -> torch.Tensor:
-        """Trunk output (N, 512, S/32, S/32) as bfloat16 on the CPU for slices (N, 1, S, S)."""
+        """Trunk output (N, 512, S/32, S/32) as bfloat16 on the CPU for slices (N, 1, S, S).
+
+        Computed under bf16 autocast where the device supports it (on a CPU without native bf16,
+        emulated bf16 convolutions are several times slower than fp32), stored as bf16 in all
+        cases."""
         self.trunk.eval()
         trunk = self.trunk.to(memory_format=torch.channels_last)
         device = self.device
@@ -100,7 +105,7 @@ class SliceAutoEncoder(nn.Module):
             x = ((x.expand(-1, 3, -1, -1) - self.mean) / self.std).contiguous(
                 memory_format=torch.channels_last
             )
-            with torch.autocast(device.type, dtype=torch.bfloat16):
+            with autocast(device):
                 y = trunk(x)
             out.append(y.to("cpu", torch.bfloat16).contiguous())
             if progress is not None:
