@@ -17,7 +17,13 @@ from sparseseg.data.phantom import HEART_LABELS, case_rng, make_case, write_phan
 from sparseseg.data.volume import Volume, affine_from_spacing
 from sparseseg.errors import InputError
 from sparseseg.planning import fingerprint, fingerprint_arrays, make_plan, plan_preset
-from sparseseg.planning.budget import ITERATION_FIELDS, fit_budget, inference_seconds
+from sparseseg.planning.budget import (
+    FEW_3D_STEPS,
+    ITERATION_FIELDS,
+    describe_budget,
+    fit_budget,
+    inference_seconds,
+)
 from sparseseg.planning.plan import describe, pooling, total_stride
 
 # Every iteration field set: no time probe, a few steps each.
@@ -223,6 +229,21 @@ def test_budget_turns_minutes_into_iterations():
     tight = dataclasses.replace(plan, budget_minutes=0.1)
     starved, record = fit_budget(tight, _fp((36, 50, 35), (1, 1, 1)), measured)
     assert record["over_budget"] and starved.train3d.iterations == 20
+
+
+@pytest.mark.parametrize("models", [("2d", "3d", "meta"), ("3d",)])
+def test_a_budget_that_buys_few_3d_steps_names_the_minutes_that_would_not(models):
+    fp = _fp((36, 50, 35), (1.0, 1.0, 1.0), cases=10)
+    plan = dataclasses.replace(make_plan(fp), budget_minutes=5.0)
+    fitted, record = fit_budget(plan, fp, MEASURED, models=models)
+    assert fitted.train3d.iterations < FEW_3D_STEPS
+    line = describe_budget(record)
+    minutes = int(line.split("few 3D steps: --minutes ")[1].split()[0])
+    enough, record = fit_budget(
+        dataclasses.replace(plan, budget_minutes=minutes), fp, MEASURED, models=models
+    )
+    assert FEW_3D_STEPS <= enough.train3d.iterations < 1.05 * FEW_3D_STEPS
+    assert "few 3D steps" not in describe_budget(record)
 
 
 def test_a_2d_meta_model_is_reserved_one_pass_over_its_sections():

@@ -27,6 +27,9 @@ SHARES = {"2d": 0.2, "3d": 0.4, "meta": 0.4}
 # (ISBI 2012, docs/results.md): it starts NN-fit at once.
 STAGE1_SHARE = {"scratch": 2 / 3, "3d": 2 / 3, "2d": 0.0}
 MIN_ITERATIONS = 20
+# Fewer 3D steps than this and the plan's line names the minutes that would buy them: on MSD
+# Hippocampus the 3D DynUNet was still far from its plateau below it (docs/planning.md).
+FEW_3D_STEPS = 1000
 NNFIT_ROUNDS = 5  # NN-fit predicts every training volume this often (see sparseseg.selftrain)
 SECONDS_PER_CASE_IO = 0.5  # reading, writing and scoring one case once
 ITERATION_FIELDS = (
@@ -237,6 +240,7 @@ def fit_budget(
         "training_seconds": round(train_seconds, 1),
         "over_budget": spare <= 0,
         "iterations": chosen,
+        "share_3d": SHARES["3d"] / weight,
     }
     return planned, record
 
@@ -255,4 +259,14 @@ def describe_budget(record: dict) -> str:
     )
     if record["over_budget"]:
         line += " (the budget does not cover inference: minimum iterations)"
+    if it.get("train3d.iterations", FEW_3D_STEPS) < FEW_3D_STEPS and "share_3d" in record:
+        need = minutes_for_3d_steps(record, FEW_3D_STEPS)
+        line += f"; few 3D steps: --minutes {math.ceil(need)} would buy {FEW_3D_STEPS}"
     return line
+
+
+def minutes_for_3d_steps(record: dict, steps: int) -> float:
+    """The budget (minutes) in which the plan of ``record`` (from :func:`fit_budget`) would
+    give the 3D model ``steps`` iterations: the same probe, reserve and shares (pure)."""
+    fixed = record["probe"].get("seconds", 0.0) + sum(record["reserve_seconds"].values())
+    return (fixed + steps * record["probe"]["3d_step"] / record["share_3d"]) / 60.0
