@@ -152,7 +152,7 @@ def test_autoencoder_training_lowers_the_loss():
 
 @pytest.mark.parametrize("native_bf16", [False, True])
 def test_trunk_computes_in_bf16_only_where_the_cpu_has_it(monkeypatch, native_bf16):
-    # Emulated bf16 convolutions were 8x slower than fp32 on a CPU without AVX512-BF16 or AMX.
+    # Emulated bf16 convolutions ran at 0.14x fp32 on a CPU without AVX512-BF16 or AMX.
     monkeypatch.setattr("sparseseg.runtime.cpu_supports_bf16", lambda: native_bf16)
     torch.manual_seed(0)
     model = SliceAutoEncoder(image_size=32)

@@ -259,7 +259,7 @@ def describe_budget(record: dict) -> str:
     )
     if record["over_budget"]:
         line += " (the budget does not cover inference: minimum iterations)"
-    if it.get("train3d.iterations", FEW_3D_STEPS) < FEW_3D_STEPS and "share_3d" in record:
+    if it.get("train3d.iterations", FEW_3D_STEPS) < FEW_3D_STEPS:  # not when set by the user
         need = minutes_for_3d_steps(record, FEW_3D_STEPS)
         line += f"; few 3D steps: --minutes {math.ceil(need)} would buy {FEW_3D_STEPS}"
     return line
