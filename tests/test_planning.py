@@ -450,3 +450,13 @@ def test_a_meta_model_started_from_the_2d_model_starts_nn_fit_at_once():
     scratch = dataclasses.replace(plan, meta=dataclasses.replace(plan.meta, init="scratch"))
     fitted, _ = fit_budget(scratch, fp, MEASURED)
     assert fitted.meta.stage1_iterations == round(fitted.meta.train.iterations * 2 / 3)
+
+
+def test_plan_lines_name_the_2d_models_neighbouring_slices():
+    from sparseseg.config import apply_overrides
+
+    plan = make_plan(_fp((35, 50, 36), (1.0, 1.0, 1.0)))
+    (line,) = [x for x in describe(plan) if x.startswith("2D: ")]
+    assert "neighbouring" not in line
+    (line,) = [x for x in describe(apply_overrides(plan, {"model2d.context": 2})) if "2D: " in x]
+    assert ", 2 neighbouring slices each side as input;" in line

@@ -363,7 +363,9 @@ def describe(preset: Preset, fp: dict | None = None) -> list[str]:
     name2 = f"DynUNet {'-'.join(map(str, m2.filters))}" if m2.arch == "dynunet" else m2.arch
     lines.append(
         f"2D: {name2} on planes {','.join(preset.planes)}, patch {_x(t2.patch)}, batch "
-        f"{t2.batch_size}; meta-model: {preset.meta.model.arch}"
+        f"{t2.batch_size}"
+        + (f", {m2.context} neighbouring slices each side as input" if m2.context else "")
+        + f"; meta-model: {preset.meta.model.arch}"
         + (f" ({preset.meta.fusion})" if preset.meta.model.arch == "dynunet" else "")
         + (
             f" 2D on {preset.meta.plane}, patch {_x(preset.meta.train.patch)}, batch "
