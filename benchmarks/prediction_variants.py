@@ -46,16 +46,21 @@ def components(label: np.ndarray, classes: list[int]) -> dict[str, np.ndarray]:
     }
 
 
-def variants(pred: Path, name: str, classes: list[int]) -> tuple[str, dict[str, np.ndarray]]:
-    """(reference tag, label maps (X, Y, Z) by tag) of one case file ``name``."""
-    parts = sorted(p.name for p in pred.iterdir() if (p / "probabilities").is_dir())
+def read(path: Path) -> np.ndarray:
+    """A NIfTI array as stored (predictions and labels share the image's grid and order)."""
+    return np.asarray(nib.load(path).dataobj)
+
+
+def variants(
+    pred: Path, name: str, classes: list[int], parts: list[str]
+) -> tuple[str, dict[str, np.ndarray]]:
+    """(reference tag, label maps (X, Y, Z) by tag) of one case file ``name``; ``parts``: the
+    parts with probabilities under ``pred`` (none: ``pred`` holds label maps)."""
     if not parts:
-        label = np.asarray(nib.load(pred / name).dataobj).astype(np.int16)
+        label = read(pred / name).astype(np.int16)
         return "as predicted", {"as predicted": label, **components(label, classes)}
-    if "meta" not in parts or "3d" not in parts:
-        raise SystemExit(f"{pred}: needs the meta and 3d parts' probabilities")
     # probabilities on the image's own grid, X x Y x Z x C
-    probs = {p: np.asarray(nib.load(pred / p / "probabilities" / name).dataobj) for p in parts}
+    probs = {p: read(pred / p / "probabilities" / name) for p in parts}
     probs["meta + 3d"] = (probs["meta"] + probs["3d"]) / 2
     probs["every part"] = sum(probs[p] for p in parts) / len(parts)
     labels = {tag: prob.argmax(-1) for tag, prob in probs.items()}
@@ -74,10 +79,14 @@ def main() -> None:
 
     ds = Dataset.open(args.dataset)
     classes = [v for v in ds.labels.values() if v != 0]
+    pred = Path(args.pred)
+    parts = sorted(p.name for p in pred.iterdir() if (p / "probabilities").is_dir())
+    if parts and not {"meta", "3d"} <= set(parts):
+        raise SystemExit(f"{pred}: needs the meta and 3d parts' probabilities")
     rows, ref, tags = [], "", []
     for case in ds.cases("Ts"):
-        gt = ds.load_label(case, "Ts").array
-        ref, labels = variants(Path(args.pred), f"{case}{ds.file_ending}", classes)
+        gt = read(ds.label_path(case, "Ts"))
+        ref, labels = variants(pred, f"{case}{ds.file_ending}", classes, parts)
         tags = list(labels)
         for tag, label in labels.items():
             score = float(np.mean([dice(label == c, gt == c) for c in classes]))
