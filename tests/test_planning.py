@@ -105,10 +105,22 @@ def test_plan_pools_a_thick_axis_only_once_it_is_comparable():
         stride = total_stride(_levels(plan.model3d.strides))
         assert all(p % k == 0 for p, k in zip(plan.train3d.patch, stride, strict=True))
         assert math.prod(plan.train3d.patch) <= 150_000
-        assert plan.train3d.optimizer == "sgd" and plan.model3d.arch == "dynunet"
+        assert plan.model3d.arch == "dynunet"
     assert em.train3d.rot90_xy and not make_plan(_fp((20, 20, 20), (1, 2, 2))).train3d.rot90_xy
     strides, kernels = pooling((1.0, 1.0, 3.0), (64, 64, 16), 5)
     assert strides[1] == (2, 2, 1) and kernels[0] == (3, 3, 1) and kernels[-1] == (3, 3, 3)
+
+
+def test_the_plan_picks_the_optimiser_for_the_machine():
+    """Adam on a CPU (a budget buys a few thousand steps), nnU-Net's SGD on a GPU; every model
+    of a plan trains with it, the meta-model included."""
+    fp = _fp((36, 50, 35), (1.0, 1.0, 1.0))
+    for device, optimizer, lr in (("cpu", "adam", 1e-3), ("cuda", "sgd", 1e-2)):
+        plan = make_plan(fp, device)
+        for train in (plan.train2d, plan.train3d, plan.meta.train):
+            assert (train.optimizer, train.lr) == (optimizer, lr), device
+    thick = make_plan(_fp((128, 128, 24), (1.0, 1.0, 10.0)))
+    assert thick.meta.plane == "xy" and thick.meta.train.optimizer == "adam"
 
 
 def _thick_heart(root: Path, cases: int = 2, shape=(24, 24, 12)) -> Path:

@@ -1,7 +1,8 @@
 """Presets: every size and schedule of Steps II and III in one place.
 
-``auto`` (the default engine) is nnU-Net-like: MONAI DynUNet models, SGD, CE + Dice, with patch,
-pooling, widths, batch and iterations planned from the dataset (:mod:`sparseseg.planning`).
+``auto`` (the default engine) is nnU-Net-like: MONAI DynUNet models, CE + Dice, with patch,
+pooling, widths, batch, optimiser and iterations planned from the dataset and the machine
+(:mod:`sparseseg.planning`).
 ``paper`` follows the paper (DenseVoxNet of Yu et al., 2D U-Net, Adam 5e-4, 2D step decay after 10k
 iterations, 3D/meta poly 0.9) and is meant for a GPU. ``cpu`` keeps the method and shrinks widths,
 patches and iterations so that the whole pipeline runs on two CPU cores in minutes. ``cpu-aniso``
@@ -318,7 +319,8 @@ def _auto() -> Preset:
     of the 3D networks mirrored along every axis (``predict --no-mirror`` skips it).
 
     :func:`sparseseg.planning.plan_preset` replaces patch, pooling, kernels, widths, batch,
-    planes and (with a time budget) iterations from the dataset's fingerprint; this unplanned
+    planes, the optimiser (Adam lr 1e-3 on a CPU) and (with a time budget) iterations from the
+    dataset's fingerprint and the machine; this unplanned
     version fits a volume of about 48 x 64 x 48 isotropic voxels (MSD Hippocampus).
     """
     train = TrainConfig(

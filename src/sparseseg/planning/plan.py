@@ -61,10 +61,16 @@ class Budget:
     levels: int = 5  # at most this many resolution levels (levels - 1 poolings)
     batch3d: int = 2
     canvas: float = 1.25  # patch / median shape when the volume fits with this margin
+    # Adam converges faster than nnU-Net's SGD (made for 10^5 steps) in the few thousand steps a
+    # CPU budget buys (docs/results.md); a GPU's paper-length schedule keeps nnU-Net's SGD
+    optimizer: str = "adam"
+    lr: float = 1e-3
 
 
 CPU_BUDGET = Budget()
-GPU_BUDGET = Budget(voxels=128**3, pixels2d=12 * 256 * 256, side2d=256, base=32, cap=320)
+GPU_BUDGET = Budget(
+    voxels=128**3, pixels2d=12 * 256 * 256, side2d=256, base=32, cap=320, optimizer="sgd", lr=1e-2
+)
 
 
 def budget_for(device_type: str) -> Budget:
@@ -243,10 +249,11 @@ def make_plan(
         base.model2d, filters=two["filters"], strides=two["strides"], kernels=two["kernels"]
     )
     rot90 = math.isclose(spacing[0], spacing[1], rel_tol=0.1)
+    step = {"optimizer": budget.optimizer, "lr": budget.lr}
     train3d = dataclasses.replace(
-        base.train3d, patch=patch, batch_size=budget.batch3d, rot90_xy=rot90
+        base.train3d, patch=patch, batch_size=budget.batch3d, rot90_xy=rot90, **step
     )
-    train2d = dataclasses.replace(base.train2d, patch=two["patch"], batch_size=two["batch"])
+    train2d = dataclasses.replace(base.train2d, patch=two["patch"], batch_size=two["batch"], **step)
     overlap = 0.5 if device_type == "cuda" else 0.25
     inference = dataclasses.replace(base.inference, patch=patch, overlap=overlap)
     meta = dataclasses.replace(base.meta, model=model3d, train=train3d)
