@@ -51,7 +51,7 @@ NORMAL_PLANE = {0: "yz", 1: "xz", 2: "xy"}  # the plane normal to each array axi
 
 @dataclass(frozen=True)
 class Budget:
-    """The machine-dependent sizes of a plan."""
+    """The machine-dependent sizes and optimiser of a plan."""
 
     voxels: int = 150_000  # 3D patch voxels (about 48 x 64 x 48)
     pixels2d: int = 32_768  # 2D batch pixels (batch x side^2)
