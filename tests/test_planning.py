@@ -258,6 +258,16 @@ def test_a_budget_that_buys_few_3d_steps_names_the_minutes_that_would_not(models
     assert "few 3D steps" not in describe_budget(record)
 
 
+def test_a_probe_that_shared_the_cpu_says_so():
+    fp = _fp((36, 50, 35), (1.0, 1.0, 1.0), cases=10)
+    plan = make_plan(fp)
+    for others, spare, busy in ((0.1, 0.0, False), (1.0, 0.0, True), (1.0, 6.0, False)):
+        _, record = fit_budget(plan, fp, dict(MEASURED, other_cores=others, spare_cores=spare))
+        assert ("other jobs kept" in describe_budget(record)) is busy
+    _, record = fit_budget(plan, fp, MEASURED)  # a GPU probe does not count the CPUs
+    assert "other jobs" not in describe_budget(record)
+
+
 def test_a_2d_meta_model_is_reserved_one_pass_over_its_sections():
     """A thick stack gets a 2D meta-model: its NN-fit rounds and test prediction cost one
     slice-by-slice pass over the volume (no sliding 3D windows, no mirroring)."""
@@ -290,6 +300,7 @@ def test_minutes_option_probes_and_plans_iterations(tmp_path, capsys):
         "meta.stage1_iterations",
     }
     assert all(plan["budget"]["probe"][f"{k}_step"] > 0 for k in ("2d", "3d", "meta"))
+    assert plan["budget"]["probe"]["other_cores"] >= 0  # on Linux
     assert describe(preset_from_dict(plan["preset"]))[0].startswith("3D: DynUNet")
     with pytest.raises(SystemExit) as exc:  # argparse: usage error
         main(

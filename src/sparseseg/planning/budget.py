@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -32,6 +33,9 @@ MIN_ITERATIONS = 20
 FEW_3D_STEPS = 1000
 NNFIT_ROUNDS = 5  # NN-fit predicts every training volume this often (see sparseseg.selftrain)
 SECONDS_PER_CASE_IO = 0.5  # reading, writing and scoring one case once
+# Other jobs that took more than this many cores beyond those the probe's threads left free
+# slow its steps far more than their share would (measured 5-48x; docs/planning.md).
+BUSY_CORES = 0.5
 ITERATION_FIELDS = (
     "train2d.iterations",
     "train3d.iterations",
@@ -96,11 +100,14 @@ def probe(
     preset: Preset, num_classes: int, in_channels: int = 1, device=None, steps: int = 3
 ) -> dict:
     """Measured seconds on this machine: '{2d,3d,meta}_step' per training step and
-    '{2d,3d,meta}_voxel' per inferred voxel, plus 'seconds' (the probe's own wall time)."""
+    '{2d,3d,meta}_voxel' per inferred voxel, plus 'seconds' (the probe's own wall time) and,
+    on a CPU where Linux tells: 'other_cores', the cores other processes kept busy on average
+    during the probe, and 'spare_cores', those its threads left free."""
     from sparseseg.models import build_model2d, build_model3d
     from sparseseg.models.meta import build_meta
 
-    t0 = time.perf_counter()
+    cpus = _cpus()
+    t0, busy0, own0 = time.perf_counter(), _busy_seconds(cpus), time.process_time()
     torch.manual_seed(0)
     out: dict[str, float] = {}
     meta_channels = in_channels + num_classes
@@ -129,7 +136,35 @@ def probe(
         batch = preset.inference.slice_batch_size if two_d else 1
         out[f"{name}_voxel"] = _infer_seconds(model, cfg, channels, cfg.patch, batch, device)
     out["seconds"] = time.perf_counter() - t0
+    busy1 = _busy_seconds(cpus)
+    if torch.device(device or "cpu").type == "cpu" and None not in (busy0, busy1):
+        others = busy1 - busy0 - (time.process_time() - own0)
+        out["other_cores"] = max(others, 0.0) / out["seconds"]
+        out["spare_cores"] = float(len(cpus) - torch.get_num_threads())
     return out
+
+
+def _cpus() -> set[int]:
+    """The CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return os.sched_getaffinity(0)
+    return set(range(os.cpu_count() or 1))
+
+
+def _busy_seconds(cpus: set[int]) -> float | None:
+    """Seconds ``cpus`` spent busy (user, nice, system, irq, softirq, steal) since boot, from
+    Linux's /proc/stat; None where it cannot be read."""
+    try:
+        lines = open("/proc/stat").read().splitlines()
+    except OSError:
+        return None
+    ticks = 0
+    for line in lines:
+        name, *fields = line.split()
+        if name[:3] == "cpu" and name[3:].isdigit() and int(name[3:]) in cpus:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+            ticks += user + nice + system + irq + softirq + steal
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _windows(size: Sequence[int], roi: Sequence[int], overlap: float) -> int:
@@ -259,6 +294,13 @@ def describe_budget(record: dict) -> str:
     )
     if record["over_budget"]:
         line += " (the budget does not cover inference: minimum iterations)"
+    others = p.get("other_cores", 0.0)
+    if others > p.get("spare_cores", 0.0) + BUSY_CORES:
+        line += (
+            f"; other jobs kept {others:.1f} cores busy during the probe: its steps were timed "
+            "too slow and the plan buys fewer iterations than the budget allows (plan on idle "
+            "cores, or set the iterations)"
+        )
     if it.get("train3d.iterations", FEW_3D_STEPS) < FEW_3D_STEPS:  # not when set by the user
         need = minutes_for_3d_steps(record, FEW_3D_STEPS)
         line += f"; few 3D steps: --minutes {math.ceil(need)} would buy {FEW_3D_STEPS}"
