@@ -179,6 +179,14 @@ def test_interrupted_meta_stage_resumes_from_its_checkpoint(trained, tmp_path, m
     assert len(ckpt["extra"]["nnfit"]["rounds"]) == 2  # rounds at iterations 4 and 5
     assert not json.loads((copy / STATE_FILE).read_text())["stages"].get("meta")
 
+    again = tmp_path / "again"  # without --resume it starts over, and says how not to
+    shutil.copytree(copy, again)
+    steps.clear()
+    interrupt_after, lines = 0, []
+    with pytest.raises(KeyboardInterrupt):
+        train(dataset, again, "cpu", TINY, progress=False, report=False, log=lines.append)
+    assert any("--resume continues the checkpoints in stage3_meta" in line for line in lines)
+
     steps.clear()
     interrupt_after = None
     lines: list[str] = []

@@ -324,11 +324,16 @@ def train(
     )
     distributed.run_on_main(lambda: write_json(model_dir / STATE_FILE, state))
 
-    def stage(name: str, fn: Callable[[], dict]) -> None:
+    def stage(name: str, fn: Callable[[], dict], folder: str | None = None) -> None:
         if stage_done(state, name):
             say(f"{name}: done already, skipped")
             return
-        say(f"{name}: running" + (" (resuming)" if resume else ""))
+        left = not resume and folder is not None and any((model_dir / folder).rglob("*.ckpt"))
+        say(
+            f"{name}: running"
+            + (" (resuming)" if resume else "")
+            + (f" again from the start (--resume continues the checkpoints in {folder})" * left)
+        )
         t0 = time.perf_counter()
         info = fn() or {}
         _mark(model_dir, state, name, **{"seconds": round(time.perf_counter() - t0, 1), **info})
@@ -345,12 +350,13 @@ def train(
         )
         return {"cases": len(summary["cases"])}
 
-    stage("pseudolabels", step2)
+    stage("pseudolabels", step2, STAGE2_DIR)
     stage(
         "meta",
         lambda: run_meta_stage(
             dataset, model_dir, cfg, resume=resume, device=device, progress=progress, log=say
         ),
+        STAGE3_DIR,
     )
     distributed.run_on_main(lambda: remove_cache(model_dir))  # no later stage reads it
 
