@@ -155,7 +155,8 @@ def _busy_seconds(cpus: set[int]) -> float | None:
     """Seconds ``cpus`` spent busy (user, nice, system, irq, softirq, steal) since boot, from
     Linux's /proc/stat; None where it cannot be read."""
     try:
-        lines = open("/proc/stat").read().splitlines()
+        with open("/proc/stat") as stat:
+            lines = stat.read().splitlines()
     except OSError:
         return None
     ticks = 0
