@@ -328,12 +328,13 @@ def train(
         if stage_done(state, name):
             say(f"{name}: done already, skipped")
             return
-        left = not resume and folder is not None and any((model_dir / folder).rglob("*.ckpt"))
-        say(
-            f"{name}: running"
-            + (" (resuming)" if resume else "")
-            + (f" again from the start (--resume continues the checkpoints in {folder})" * left)
-        )
+        if resume:
+            say(f"{name}: running (resuming)")
+        elif folder is not None and any((model_dir / folder).rglob("*.ckpt")):
+            again = "again from the start (--resume continues the checkpoints in"
+            say(f"{name}: running {again} {folder})")
+        else:
+            say(f"{name}: running")
         t0 = time.perf_counter()
         info = fn() or {}
         _mark(model_dir, state, name, **{"seconds": round(time.perf_counter() - t0, 1), **info})

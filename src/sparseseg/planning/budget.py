@@ -34,7 +34,7 @@ FEW_3D_STEPS = 1000
 NNFIT_ROUNDS = 5  # NN-fit predicts every training volume this often (see sparseseg.selftrain)
 SECONDS_PER_CASE_IO = 0.5  # reading, writing and scoring one case once
 # Other jobs that took more than this many cores beyond those the probe's threads left free
-# slow its steps far more than their share would (measured 5-48x; docs/planning.md).
+# slow its steps far more than their share would (docs/planning.md).
 BUSY_CORES = 0.5
 ITERATION_FIELDS = (
     "train2d.iterations",
@@ -106,8 +106,10 @@ def probe(
     from sparseseg.models import build_model2d, build_model3d
     from sparseseg.models.meta import build_meta
 
+    on_cpu = torch.device(device or "cpu").type == "cpu"
     cpus = _cpus()
-    t0, busy0, own0 = time.perf_counter(), _busy_seconds(cpus), time.process_time()
+    busy0 = _busy_seconds(cpus) if on_cpu else None
+    t0, own0 = time.perf_counter(), time.process_time()
     torch.manual_seed(0)
     out: dict[str, float] = {}
     meta_channels = in_channels + num_classes
@@ -136,8 +138,8 @@ def probe(
         batch = preset.inference.slice_batch_size if two_d else 1
         out[f"{name}_voxel"] = _infer_seconds(model, cfg, channels, cfg.patch, batch, device)
     out["seconds"] = time.perf_counter() - t0
-    busy1 = _busy_seconds(cpus)
-    if torch.device(device or "cpu").type == "cpu" and None not in (busy0, busy1):
+    busy1 = _busy_seconds(cpus) if busy0 is not None else None
+    if busy1 is not None:
         others = busy1 - busy0 - (time.process_time() - own0)
         out["other_cores"] = max(others, 0.0) / out["seconds"]
         out["spare_cores"] = float(len(cpus) - torch.get_num_threads())
