@@ -23,6 +23,7 @@ from sparseseg.planning.budget import (
     describe_budget,
     fit_budget,
     inference_seconds,
+    probe,
 )
 from sparseseg.planning.plan import describe, pooling, total_stride
 
@@ -337,6 +338,13 @@ def test_a_full_supervision_budget_goes_to_the_3d_model_alone():
     assert fitted.train3d.iterations == int(spare / 0.5)
     both, _ = fit_budget(plan, fp, measured)
     assert fitted.train3d.iterations > 2 * both.train3d.iterations
+
+
+def test_the_probe_takes_the_device_as_the_cli_passes_it(tmp_path):
+    """`experiment` hands the planner the CLI's --device unresolved ('auto' by default)."""
+    data = write_phantom_dataset(tmp_path / "h", "heart", 2, seed=0, shape=(16, 16, 16))
+    measured = probe(plan_preset(data, budget=False), 2, device="auto", steps=2)
+    assert all(measured[f"{k}_step"] > 0 for k in ("2d", "3d", "meta"))
 
 
 def test_experiment_plans_the_full_supervision_budget_for_the_3d_model_alone(tmp_path, monkeypatch):

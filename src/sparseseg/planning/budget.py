@@ -105,8 +105,10 @@ def probe(
     during the probe, and 'spare_cores', those its threads left free."""
     from sparseseg.models import build_model2d, build_model3d
     from sparseseg.models.meta import build_meta
+    from sparseseg.runtime import resolve_device
 
-    on_cpu = torch.device(device or "cpu").type == "cpu"
+    device = resolve_device(device)  # 'auto', as the CLI passes it, included
+    on_cpu = device.type == "cpu"
     cpus = _cpus()
     busy0 = _busy_seconds(cpus) if on_cpu else None
     t0, own0 = time.perf_counter(), time.process_time()
