@@ -331,8 +331,10 @@ def train(
         if resume:
             say(f"{name}: running (resuming)")
         elif folder is not None and any((model_dir / folder).rglob("*.ckpt")):
-            again = "again from the start (--resume continues the checkpoints in"
-            say(f"{name}: running {again} {folder})")
+            say(
+                f"{name}: running again from the start "
+                f"(--resume continues the checkpoints in {folder})"
+            )
         else:
             say(f"{name}: running")
         t0 = time.perf_counter()

@@ -108,9 +108,8 @@ def probe(
     from sparseseg.runtime import resolve_device
 
     device = resolve_device(device)  # 'auto', as the CLI passes it, included
-    on_cpu = device.type == "cpu"
     cpus = _cpus()
-    busy0 = _busy_seconds(cpus) if on_cpu else None
+    busy0 = _busy_seconds(cpus) if device.type == "cpu" else None
     t0, own0 = time.perf_counter(), time.process_time()
     torch.manual_seed(0)
     out: dict[str, float] = {}
@@ -140,8 +139,7 @@ def probe(
         batch = preset.inference.slice_batch_size if two_d else 1
         out[f"{name}_voxel"] = _infer_seconds(model, cfg, channels, cfg.patch, batch, device)
     out["seconds"] = time.perf_counter() - t0
-    busy1 = _busy_seconds(cpus) if busy0 is not None else None
-    if busy1 is not None:
+    if busy0 is not None and (busy1 := _busy_seconds(cpus)) is not None:
         others = busy1 - busy0 - (time.process_time() - own0)
         out["other_cores"] = max(others, 0.0) / out["seconds"]
         out["spare_cores"] = float(len(cpus) - torch.get_num_threads())
