@@ -262,3 +262,45 @@ def test_bf16_gradients_match_fp32_when_a_feature_map_is_two_voxels_deep():
             grads.append(model.bottleneck.conv2.conv.weight.grad.clone())  # input 2 x 8 x 8
         assert torch.isfinite(grads[1]).all()
         assert float(grads[1].abs().max()) < 3 * float(grads[0].abs().max())
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_the_dynunet_norm_is_instance_norm_in_either_memory_order(dims):
+    """The norm is computed as group norm (one channel per group) so channels-last tensors stay
+    in that order; values and gradients must be instance norm's, state dict unchanged."""
+    from torch import nn
+
+    from sparseseg.models.dynunet import SegDynUNet
+
+    model = SegDynUNet(
+        1,
+        2,
+        spatial_dims=dims,
+        filters=(4, 8, 16),
+        strides=(1,) * dims + (2,) * 2 * dims,
+        kernels=(3,) * 3 * dims,
+    )
+    ours = model.input_block.norm1
+    assert type(ours) is not (nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d)
+    reference = (nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d)(4, affine=True)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 2.0), ours.bias.uniform_(-1.0, 1.0)
+    reference.load_state_dict(ours.state_dict())
+    order = torch.channels_last_3d if dims == 3 else torch.channels_last
+    x = torch.randn(2, 4, *(6,) * dims) * 3 + 5
+    g = torch.randn_like(x)
+    results = []
+    for norm, memory in (
+        (reference, torch.contiguous_format),
+        (ours, torch.contiguous_format),
+        (ours, order),
+    ):
+        xi = x.clone(memory_format=memory).requires_grad_()
+        norm.zero_grad()
+        out = norm(xi)
+        out.backward(g)
+        assert out.is_contiguous(memory_format=memory)
+        results.append((out.detach(), xi.grad, norm.weight.grad.clone(), norm.bias.grad.clone()))
+    for got in results[1:]:
+        for a, b in zip(results[0], got, strict=True):
+            assert torch.allclose(a, b, atol=1e-4)

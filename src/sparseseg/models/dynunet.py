@@ -24,25 +24,32 @@ import torch
 from monai.networks.blocks.dynunet_block import UnetBasicBlock
 from monai.networks.nets import DynUNet
 from torch import nn
+from torch.nn import functional as F
 
 NORMS = {"instance": ("INSTANCE", {"affine": True}), "batch": ("BATCH", {"affine": True})}
 ACT = ("leakyrelu", {"inplace": True, "negative_slope": 0.01})
 
 
-class _Float32Norm:
-    """Mixin: the norm runs in float32 under autocast. In bf16, instance norm's variance over a
-    small feature map whose mean is large next to its spread can cancel to a negative number."""
+class _InstanceNorm:
+    """Mixin: affine instance norm computed as group norm with one channel per group (the same
+    function and parameters), in float32 under autocast.
+
+    Group norm keeps channels-last tensors in that order on the CPU, where instance norm copies
+    them to contiguous order and back (docs/performance.md). Float32: in bf16, the variance over
+    a small feature map whose mean is large next to its spread can cancel to a negative number.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return super().forward(x.float()).to(x.dtype)
+            out = F.group_norm(x.float(), self.num_features, self.weight, self.bias, self.eps)
+            return out.to(x.dtype)
 
 
-class _InstanceNorm3d(_Float32Norm, nn.InstanceNorm3d):
+class _InstanceNorm3d(_InstanceNorm, nn.InstanceNorm3d):
     pass
 
 
-class _InstanceNorm2d(_Float32Norm, nn.InstanceNorm2d):
+class _InstanceNorm2d(_InstanceNorm, nn.InstanceNorm2d):
     pass
 
 
