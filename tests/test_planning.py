@@ -20,6 +20,7 @@ from sparseseg.planning import fingerprint, fingerprint_arrays, make_plan, plan_
 from sparseseg.planning.budget import (
     FEW_3D_STEPS,
     ITERATION_FIELDS,
+    ORDER_FIELDS,
     describe_budget,
     fit_budget,
     inference_seconds,
@@ -290,6 +291,7 @@ def test_minutes_option_probes_and_plans_iterations(tmp_path, capsys):
     args = ["pseudolabel", str(data), "--out", str(out), "--preset", "auto", "--quiet"]
     args += ["--minutes", "0.4"]
     args += ["--set=train2d.iterations=3", "--set=train3d.iterations=3"]
+    args += ["--set=train3d.channels_last=true"]
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "budget 0.4 min: probe" in err
@@ -302,6 +304,13 @@ def test_minutes_option_probes_and_plans_iterations(tmp_path, capsys):
     }
     assert all(plan["budget"]["probe"][f"{k}_step"] > 0 for k in ("2d", "3d", "meta"))
     assert plan["budget"]["probe"]["other_cores"] >= 0  # on Linux
+    # the memory order: timed and chosen where not set (2D, meta), kept where set (3D)
+    orders = plan["budget"]["channels_last"]
+    assert set(orders) == {ORDER_FIELDS["2d"], ORDER_FIELDS["meta"]}
+    assert orders[ORDER_FIELDS["2d"]] == plan["preset"]["train2d"]["channels_last"]
+    assert orders[ORDER_FIELDS["meta"]] == plan["preset"]["meta"]["train"]["channels_last"]
+    assert plan["preset"]["train3d"]["channels_last"] is True
+    assert "3d_order_gain" not in plan["budget"]["probe"]
     assert describe(preset_from_dict(plan["preset"]))[0].startswith("3D: DynUNet")
     with pytest.raises(SystemExit) as exc:  # argparse: usage error
         main(
@@ -343,8 +352,35 @@ def test_a_full_supervision_budget_goes_to_the_3d_model_alone():
 def test_the_probe_takes_the_device_as_the_cli_passes_it(tmp_path):
     """`experiment` hands the planner the CLI's --device unresolved ('auto' by default)."""
     data = write_phantom_dataset(tmp_path / "h", "heart", 2, seed=0, shape=(16, 16, 16))
-    measured = probe(plan_preset(data, budget=False), 2, device="auto", steps=2)
+    measured = probe(plan_preset(data, budget=False), 2, device="auto", steps=2, orders=("3d",))
     assert all(measured[f"{k}_step"] > 0 for k in ("2d", "3d", "meta"))
+    # the 3D step timed in both memory orders (on the CPU): the faster is kept
+    assert measured["3d_channels_last"] in (0.0, 1.0) and measured["3d_order_gain"] >= 1.0
+    assert "2d_channels_last" not in measured and "meta_order_gain" not in measured
+
+
+def test_the_probe_picks_each_models_faster_memory_order_unless_set():
+    fp = _fp((36, 50, 35), (1.0, 1.0, 1.0), cases=10)
+    plan = make_plan(fp)
+    assert not plan.train3d.channels_last  # contiguous where nothing was timed
+    timed = dict(
+        MEASURED,
+        **{"3d_channels_last": 1.0, "3d_order_gain": 1.2},
+        **{"2d_channels_last": 0.0, "2d_order_gain": 1.1},
+    )
+    fitted, record = fit_budget(plan, fp, timed)
+    assert fitted.train3d.channels_last and not fitted.train2d.channels_last
+    assert fitted.meta.train.channels_last == plan.meta.train.channels_last  # not timed
+    assert record["channels_last"] == {
+        ORDER_FIELDS["2d"]: False,
+        ORDER_FIELDS["3d"]: True,
+    }
+    line = describe_budget(record)
+    assert "memory order 2d contiguous (1.10x), 3d channels-last (1.20x)" in line
+    kept, record = fit_budget(plan, fp, timed, keep=[ORDER_FIELDS["3d"]])
+    assert not kept.train3d.channels_last and ORDER_FIELDS["3d"] not in record["channels_last"]
+    _, record = fit_budget(plan, fp, MEASURED)
+    assert "memory order" not in describe_budget(record)
 
 
 def test_experiment_plans_the_full_supervision_budget_for_the_3d_model_alone(tmp_path, monkeypatch):

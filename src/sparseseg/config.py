@@ -336,8 +336,8 @@ def _auto() -> Preset:
         poly_power=0.9,
         loss="ce+dice",
         grad_clip=12.0,
-        # channels_last_3d slows DynUNet down on the CPU (instance norm): bf16 alone 1.91x fp32,
-        # bf16 + channels_last_3d 1.55x (docs/performance.md)
+        # The faster memory order depends on the CPU and the model: a budgeted plan's probe
+        # times both and picks (sparseseg.planning.budget); contiguous where nothing was timed.
         channels_last=False,
         checkpoint_every=200,
         checkpoint_seconds=120.0,

@@ -18,6 +18,7 @@ from sparseseg.config import Preset, apply_overrides, get_preset, preset_from_di
 from sparseseg.errors import InputError
 from sparseseg.planning.budget import (
     ITERATION_FIELDS,
+    ORDER_FIELDS,
     SHARES,
     describe_budget,
     fit_budget,
@@ -66,14 +67,14 @@ def _as_dict(overrides: list[str] | dict[str, Any] | None) -> dict[str, str]:
     return out
 
 
-def _probe_cached(preset: Preset, num_classes: int, device) -> dict:
+def _probe_cached(preset: Preset, num_classes: int, device, orders: tuple[str, ...]) -> dict:
     from sparseseg import distributed
 
     sizes = {k: preset.to_dict()[k] for k in ("model2d", "train2d", "model3d", "train3d", "meta")}
-    key = json.dumps([sizes, num_classes, str(device)], sort_keys=True, default=str)
+    key = json.dumps([sizes, num_classes, str(device), orders], sort_keys=True, default=str)
     if key in _PROBES:
         return {**_PROBES[key], "seconds": 0.0}
-    measured = probe(preset, num_classes, device=device)
+    measured = probe(preset, num_classes, device=device, orders=orders)
     if distributed.world_size() > 1:  # every rank plans with rank 0's numbers
         measured = distributed.all_gather_object(measured)[0]
     _PROBES[key] = measured
@@ -140,9 +141,10 @@ def plan_preset(
     except ValueError as exc:
         raise InputError(f"bad settings: {exc}") from None
     record = None
-    keep = [k for k in ITERATION_FIELDS if k in wanted]
-    if budget and preset.budget_minutes > 0 and len(keep) < len(ITERATION_FIELDS):
-        measured = _probe_cached(preset, dataset.num_classes, device)
+    keep = [k for k in (*ITERATION_FIELDS, *ORDER_FIELDS.values()) if k in wanted]
+    if budget and preset.budget_minutes > 0 and not set(ITERATION_FIELDS) <= set(keep):
+        orders = tuple(k for k in models if ORDER_FIELDS[k] not in wanted)
+        measured = _probe_cached(preset, dataset.num_classes, device, orders)
         seen = at_spacing(fp, preset.target_spacing)
         preset, record = fit_budget(preset, seen, measured, keep, tuple(models))
     for line in describe(preset, fp):

@@ -42,6 +42,12 @@ ITERATION_FIELDS = (
     "meta.train.iterations",
     "meta.stage1_iterations",
 )
+# The memory order of each model's training on a CPU: the probe times both (docs/planning.md).
+ORDER_FIELDS = {
+    "2d": "train2d.channels_last",
+    "3d": "train3d.channels_last",
+    "meta": "meta.train.channels_last",
+}
 
 
 def _synthetic(batch: int, channels: int, patch: Sequence[int], num_classes: int, seed: int):
@@ -97,12 +103,22 @@ def _infer_seconds(
 
 
 def probe(
-    preset: Preset, num_classes: int, in_channels: int = 1, device=None, steps: int = 3
+    preset: Preset,
+    num_classes: int,
+    in_channels: int = 1,
+    device=None,
+    steps: int = 3,
+    orders: Sequence[str] = (),
 ) -> dict:
     """Measured seconds on this machine: '{2d,3d,meta}_step' per training step and
     '{2d,3d,meta}_voxel' per inferred voxel, plus 'seconds' (the probe's own wall time) and,
     on a CPU where Linux tells: 'other_cores', the cores other processes kept busy on average
-    during the probe, and 'spare_cores', those its threads left free."""
+    during the probe, and 'spare_cores', those its threads left free.
+
+    ``orders``: models ('2d', '3d', 'meta') whose training step is timed in both memory orders
+    on a CPU; for each, '{name}_channels_last' is 1.0 where channels-last was the faster,
+    '{name}_step' is the faster order's and '{name}_order_gain' the slower over the faster.
+    """
     from sparseseg.models import build_model2d, build_model3d
     from sparseseg.models.meta import build_meta
     from sparseseg.runtime import resolve_device
@@ -114,27 +130,37 @@ def probe(
     torch.manual_seed(0)
     out: dict[str, float] = {}
     meta_channels = in_channels + num_classes
-    for name, model, cfg, channels in (
+    for name, build, cfg, channels in (
         (
             "2d",
-            build_model2d(preset.model2d, in_channels, num_classes),
+            lambda: build_model2d(preset.model2d, in_channels, num_classes),
             preset.train2d,
             in_channels,
         ),
         (
             "3d",
-            build_model3d(preset.model3d, in_channels, num_classes),
+            lambda: build_model3d(preset.model3d, in_channels, num_classes),
             preset.train3d,
             in_channels,
         ),
         (
             "meta",
-            build_meta(preset.meta, num_classes, in_channels, preset.model2d),
+            lambda: build_meta(preset.meta, num_classes, in_channels, preset.model2d),
             preset.meta.train,
             meta_channels,
         ),
     ):
+        model = build()
         out[f"{name}_step"] = _train_seconds(model, cfg, channels, num_classes, device, steps)
+        if name in orders and device.type == "cpu":
+            swapped = dataclasses.replace(cfg, channels_last=not cfg.channels_last)
+            other = _train_seconds(build(), swapped, channels, num_classes, device, steps)
+            faster = swapped if other < out[f"{name}_step"] else cfg
+            out[f"{name}_channels_last"] = float(faster.channels_last)
+            out[f"{name}_order_gain"] = max(other, out[f"{name}_step"]) / max(
+                min(other, out[f"{name}_step"]), 1e-9
+            )
+            out[f"{name}_step"] = min(other, out[f"{name}_step"])
         two_d = name == "2d" or (name == "meta" and preset.meta.plane)
         batch = preset.inference.slice_batch_size if two_d else 1
         out[f"{name}_voxel"] = _infer_seconds(model, cfg, channels, cfg.patch, batch, device)
@@ -235,11 +261,13 @@ def fit_budget(
 ) -> tuple[Preset, dict]:
     """Iterations so that a whole run fits ``preset.budget_minutes`` (pure).
 
-    ``measured``: from :func:`probe`. Fields named in ``keep`` (of :data:`ITERATION_FIELDS`,
-    e.g. set explicitly by the user) are left alone. ``models``: the models the run trains;
-    :data:`SHARES` is renormalised over them (full supervision, ``("3d",)``, gives the 3D model
-    the whole training time). Returns ``(preset, record)``; the record has the reserve per
-    inference part, the training seconds per model and the iterations.
+    ``measured``: from :func:`probe`; where it timed a model in both memory orders, the faster
+    becomes the model's ``channels_last``. Fields named in ``keep`` (of
+    :data:`ITERATION_FIELDS` and :data:`ORDER_FIELDS`, e.g. set explicitly by the user) are
+    left alone. ``models``: the models the run trains; :data:`SHARES` is renormalised over them
+    (full supervision, ``("3d",)``, gives the 3D model the whole training time). Returns
+    ``(preset, record)``; the record has the reserve per inference part, the training seconds
+    per model, the iterations and the memory orders chosen.
     """
     total = preset.budget_minutes * 60.0
     reserve = inference_seconds(preset, fp, measured, models)
@@ -270,7 +298,12 @@ def fit_budget(
     from sparseseg.config import apply_overrides
 
     chosen = {k: v for k, v in values.items() if k not in keep}
-    planned = apply_overrides(preset, chosen) if chosen else preset
+    orders = {
+        field: bool(measured[f"{k}_channels_last"])
+        for k, field in ORDER_FIELDS.items()
+        if f"{k}_channels_last" in measured and field not in keep
+    }
+    planned = apply_overrides(preset, {**chosen, **orders}) if chosen or orders else preset
     record = {
         "budget_seconds": total,
         "probe": {k: float(v) for k, v in measured.items()},
@@ -278,6 +311,7 @@ def fit_budget(
         "training_seconds": round(train_seconds, 1),
         "over_budget": spare <= 0,
         "iterations": chosen,
+        "channels_last": orders,
         "share_3d": SHARES["3d"] / weight,
     }
     return planned, record
@@ -295,6 +329,14 @@ def describe_budget(record: dict) -> str:
         f"budget {record['budget_seconds'] / 60:g} min: probe ({p['seconds']:.0f} s) per step "
         f"{steps}; inference reserve {reserve:.0f} s; iterations {bought}"
     )
+    names = {field: k for k, field in ORDER_FIELDS.items()}
+    orders = [
+        f"{names[field]} {'channels-last' if cl else 'contiguous'} "
+        f"({p[f'{names[field]}_order_gain']:.2f}x)"
+        for field, cl in record.get("channels_last", {}).items()
+    ]
+    if orders:
+        line += "; memory order " + ", ".join(orders)
     if record["over_budget"]:
         line += " (the budget does not cover inference: minimum iterations)"
     others = p.get("other_cores", 0.0)
