@@ -100,8 +100,9 @@ class SegDynUNet(DynUNet):
     strides must be equal along both axes).
     """
 
-    # Instance norm runs slower in channels-last order on the CPU: inference keeps the default
-    # order for this model (sparseseg.inference), and the auto preset trains without it.
+    # Inference keeps contiguous order for this model (sparseseg.inference): with torch's
+    # instance norm channels-last was slower on a bf16 CPU, and the group-norm form is not yet
+    # measured there (docs/performance.md). Training's order is the plan's (its probe).
     prefers_channels_last = False
     # Instance norm normalises over the whole window, padding included: a volume smaller than
     # the training patch is predicted centred in a full patch, the canvas it was trained in, not

@@ -154,13 +154,16 @@ def probe(
         out[f"{name}_step"] = _train_seconds(model, cfg, channels, num_classes, device, steps)
         if name in orders and device.type == "cpu":
             swapped = dataclasses.replace(cfg, channels_last=not cfg.channels_last)
-            other = _train_seconds(build(), swapped, channels, num_classes, device, steps)
-            faster = swapped if other < out[f"{name}_step"] else cfg
-            out[f"{name}_channels_last"] = float(faster.channels_last)
-            out[f"{name}_order_gain"] = max(other, out[f"{name}_step"]) / max(
-                min(other, out[f"{name}_step"]), 1e-9
-            )
-            out[f"{name}_step"] = min(other, out[f"{name}_step"])
+            times = {
+                cfg.channels_last: out[f"{name}_step"],
+                swapped.channels_last: _train_seconds(
+                    build(), swapped, channels, num_classes, device, steps
+                ),
+            }
+            best = min(times, key=times.get)
+            out[f"{name}_channels_last"] = float(best)
+            out[f"{name}_order_gain"] = max(times.values()) / max(times[best], 1e-9)
+            out[f"{name}_step"] = times[best]
         two_d = name == "2d" or (name == "meta" and preset.meta.plane)
         batch = preset.inference.slice_batch_size if two_d else 1
         out[f"{name}_voxel"] = _infer_seconds(model, cfg, channels, cfg.patch, batch, device)
