@@ -4,8 +4,10 @@ The model is the preset's 3D base model: DenseVoxNet (``cpu``, ``paper``) or Dyn
 unplanned: 16-32-64-128, isotropic pooling). Training: the same model, batch and optimizer step
 (the preset's loss and optimizer: masked CE with deep supervision and Adam for DenseVoxNet,
 masked CE + soft Dice and SGD for DynUNet) under fp32 and the faster CPU settings, side by
-side. Inference: plain fp32 ``monai.inferers.sliding_window_inference`` against
-:func:`sparseseg.inference.predict_volume_3d` (bf16 autocast), with the argmax agreement.
+side; for DynUNet each setting also with torch's instance norm in place of the model's
+group-norm form (docs/performance.md). Inference: plain fp32
+``monai.inferers.sliding_window_inference`` against :func:`sparseseg.inference.predict_volume_3d`
+(bf16 autocast), with the argmax agreement.
 
     .venv/bin/python benchmarks/train_step.py                 # cpu preset model, batch 2, 48^3
     .venv/bin/python benchmarks/train_step.py --compile       # also try torch.compile
@@ -22,6 +24,7 @@ import json
 import math
 import statistics
 import time
+import types
 
 import numpy as np
 import torch
@@ -39,8 +42,16 @@ IGNORE = 3
 class TrainRun:
     """One training setting: its own copy of the model and optimizer; ``step()`` times one step."""
 
-    def __init__(self, model, batch, bf16, channels_last, compile_model, train_cfg):
+    def __init__(
+        self, model, batch, bf16, channels_last, compile_model, train_cfg, torch_norm=False
+    ):
         self.model = copy.deepcopy(model).train()
+        if torch_norm:  # torch's own instance norm instead of the DynUNet group-norm form
+            for module in self.model.modules():
+                if isinstance(module, (torch.nn.InstanceNorm3d, torch.nn.InstanceNorm2d)):
+                    module.forward = types.MethodType(
+                        torch.nn.modules.instancenorm._InstanceNorm.forward, module
+                    )
         self.image, self.label = batch
         self.cfg = train_cfg
         if channels_last:
@@ -169,6 +180,8 @@ def main() -> None:
     if args.compile:
         settings.append(("bf16 autocast + torch.compile", True, False, True))
         settings.append(("bf16 + channels_last_3d + torch.compile", True, True, True))
+    if args.preset == "auto":  # the DynUNet norm against torch's instance norm
+        settings += [(f"{name}, torch instance norm", *rest) for name, *rest in settings[:4]]
     emulated = not cpu_supports_bf16()
     if emulated:  # the engine never autocasts there, and emulated bf16 steps take minutes
         print("no native bf16 on this CPU: timing the fp32 settings only")
@@ -178,7 +191,9 @@ def main() -> None:
     runs = {}
     for name, bf16, cl, comp in [] if args.skip_train else settings:
         try:
-            run = TrainRun(model, (image, label), bf16, cl, comp, preset.train3d)
+            run = TrainRun(
+                model, (image, label), bf16, cl, comp, preset.train3d, "torch instance" in name
+            )
             for _ in range(args.warmup + (2 if comp else 0)):
                 run.step(record=False)
             runs[name] = run
@@ -188,14 +203,14 @@ def main() -> None:
         for run in runs.values():
             run.step(record=True)
     if runs:
-        print(f"\n{'training setting':40s} {'s/step':>8s} {'voxels/s':>11s} {'speed-up':>9s}")
+        print(f"\n{'training setting':46s} {'s/step':>8s} {'voxels/s':>11s} {'speed-up':>9s}")
     base = None
     nvox_batch = image.shape[0] * math.prod(image.shape[2:])
     for name, run in runs.items():
         step = statistics.median(run.times)
         vps = nvox_batch / step
         base = base or vps
-        print(f"{name:40s} {step:8.3f} {vps:11.3g} {vps / base:8.2f}x")
+        print(f"{name:46s} {step:8.3f} {vps:11.3g} {vps / base:8.2f}x")
         results["train"].append({"setting": name, "s_per_step": step, "voxels_per_s": vps})
 
     shape = tuple(int(s) for s in args.volume.split(","))
