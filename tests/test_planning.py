@@ -91,6 +91,44 @@ def test_fingerprint_of_a_phantom_counts_annotated_voxels_only(tmp_path):
     assert sparse["thick_axis"] == 2 and sparse["anisotropy"] == 4
 
 
+def _two_classes(rng, ignore=None):
+    """Class 2 always after class 1 along y, on either side along x, level along z."""
+    label = np.zeros((16, 20, 12), np.uint8)
+    near, far = slice(2, 6), slice(10, 14)
+    if rng.random() < 0.5:
+        near, far = far, near
+    label[near, 2:6, 4:8] = 1
+    label[far, 12:16, 4:8] = 2
+    if ignore is not None:  # sparse: two xz slices and one xy slice annotated
+        sparse = np.full(label.shape, ignore, np.uint8)
+        for index in ((slice(None), 4), (slice(None), 13), (slice(None), slice(None), 5)):
+            sparse[index] = label[index]
+        label = sparse
+    return np.zeros(label.shape, np.float32), label, (1.0, 1.0, 1.0)
+
+
+def test_the_plan_flips_only_axes_along_which_the_classes_keep_no_order():
+    rng = np.random.default_rng(0)
+    names = ["bg", "a", "b"]
+    for ignore in (None, 9):
+        fp = fingerprint_arrays([_two_classes(rng, ignore) for _ in range(20)], names, ignore)
+        assert fp["class_order"][1] == 1.0 and fp["class_order"][2] == 0.0
+        assert 0.2 < fp["class_order"][0] < 0.95
+        plan = make_plan(fp)
+        assert plan.train3d.flip_axes == plan.train2d.flip_axes == (0, 2)
+        assert plan.meta.train.flip_axes == plan.inference.mirror_axes == (0, 2)
+        assert not plan.train3d.rot90_xy  # a quarter turn in xy would swap x and y
+        text = "\n".join(describe(plan, fp))
+        assert "flips along x,z, xy quarter turns off (the classes keep one order along y)" in text
+    # one foreground class: no order to keep, flips and turns everywhere (nnU-Net's default)
+    one = [(image, np.minimum(label, 1), s) for image, label, s in [_two_classes(rng)] * 3]
+    fp = fingerprint_arrays(one, names[:2])
+    assert fp["class_order"] is None
+    plan = make_plan(fp)
+    assert plan.train3d.flip_axes == plan.inference.mirror_axes == (0, 1, 2)
+    assert plan.train3d.rot90_xy
+
+
 def test_plan_pools_a_thick_axis_only_once_it_is_comparable():
     iso = make_plan(_fp((36, 50, 35), (1.0, 1.0, 1.0)))
     em = make_plan(_fp((128, 128, 24), (1.0, 1.0, 10.0)))

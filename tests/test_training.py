@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sparseseg.config import TrainConfig, apply_overrides, get_preset, preset_from_dict
+from sparseseg.data.planes import plane_transforms
 from sparseseg.models import UNet2D
 from sparseseg.runtime import zscore
 from sparseseg.training.augment import apply_transform, crop_shape_for
@@ -168,7 +169,7 @@ def test_zoom_augmentation_scales_the_crop_and_keeps_labels_and_padding():
         planes=("yz",),
         scale_range=(2.0, 2.0),
         augment_prob=1.0,
-        flip=False,
+        flip_axes=(),
         rot90=False,
     )(0)
     assert flat["image"].shape == (4, 1, 16, 16)
@@ -219,6 +220,28 @@ def test_slice_sampler_2d_draws_only_annotated_slices():
     assert torch.equal(batch["label"][known], (batch["image"][:, 0][known] > 0).long())
     dense = SliceSampler2D([{"image": image, "label": label}], (8, 8), 4, ignore_index=IGNORE)
     assert set(dense.weights[0]) == {"xy", "xz", "yz"}
+
+
+def test_slices_flip_and_turn_only_along_the_volume_axes_that_flip():
+    assert plane_transforms("xy", (0, 1, 2), True) == ((0, 1), True)
+    assert plane_transforms("xy", (0,), True) == ((0,), False)
+    assert plane_transforms("xz", (0, 2), True) == ((0, 1), True)
+    assert plane_transforms("xz", (0, 2), False) == ((0, 1), False)
+    assert plane_transforms("yz", (0,), True) == ((), False)
+    assert plane_transforms("yz", (2,), True) == ((1,), False)
+    # an image increasing along y: xy slices keep it increasing when only x flips
+    image = np.broadcast_to(np.arange(1, 17, dtype=np.float32)[None, :, None], (16, 16, 8))
+    case = {"image": image.copy(), "label": np.zeros((16, 16, 8), np.int16)}
+
+    def rows_increase(flip_axes):
+        sampler = SliceSampler2D(
+            [case], (16, 16), 8, ignore_index=IGNORE, planes=("xy",), flip_axes=flip_axes
+        )
+        rows = np.concatenate([sampler(step)["image"][:, 0].numpy() for step in range(4)])
+        return (np.diff(rows, axis=-1) > 0).all(axis=(-2, -1))
+
+    assert rows_increase((0, 2)).all()
+    assert not rows_increase((0, 1, 2)).all()
 
 
 def test_slice_sampler_with_context_stacks_the_neighbouring_slices():

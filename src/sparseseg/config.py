@@ -97,7 +97,9 @@ class TrainConfig:
     loss: str = "ce"
     grad_clip: float = 0.0
     annotated_fraction: float = 0.67  # share of crops centred on an annotated voxel
-    flip_axes: tuple[int, ...] = (0, 1, 2)  # random flips; all axes for sparse labels
+    # random flips (2D models: the slice axes among them); the plan leaves out the axes along
+    # which the classes keep one order (sparseseg.planning.plan.flip_axes)
+    flip_axes: tuple[int, ...] = (0, 1, 2)
     rot90_xy: bool = True  # random 90-degree rotations in the axial (xy) plane
     # Base models only (the meta-model's sampler has none of these), each drawn per sample with
     # probability ``augment_prob``: a zoom by a factor in ``scale_range`` (> 1 zooms in), the

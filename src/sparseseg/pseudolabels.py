@@ -175,7 +175,7 @@ def train_model2d(
         ignore_index=ignore_index,
         planes=preset.planes,
         annotated_fraction=cfg.annotated_fraction,
-        flip=bool(cfg.flip_axes),
+        flip_axes=cfg.flip_axes,
         rot90=cfg.rot90_xy,
         seed=cfg.seed,
         context=context,

@@ -143,8 +143,9 @@ class MetaSampler:
     Each sample: a case drawn uniformly, a random crop of ``patch`` with flips on ``flip_axes`` and
     axial quarter turns (the same transform for image, A(Y) and all K PL sets; padding carries
     ``ignore_index``), and a PL set drawn uniformly (the stage-1 target). With a ``plane`` (a 2D
-    meta-model) the crop is 2D, from a slice of that plane drawn uniformly, flipped along both
-    axes. Batch keys: 'image' (B, Cin + C, *patch) float32, 'targets' (B, K, *patch) int64,
+    meta-model) the crop is 2D, from a slice of that plane drawn uniformly, flipped and turned
+    as :func:`sparseseg.data.planes.plane_transforms` matches the volume's ``flip_axes``. Batch
+    keys: 'image' (B, Cin + C, *patch) float32, 'targets' (B, K, *patch) int64,
     'case' (B,) and 'random' (B,) int64.
     """
 
@@ -166,6 +167,7 @@ class MetaSampler:
         self.plane = plane
         self.patch = tuple(int(p) for p in patch)
         self.rot90 = rot90_xy
+        self.flip_axes = tuple(int(a) for a in flip_axes)
         self.ignore_index = int(ignore_index)
         self.per_case = [
             PatchSampler3D(
@@ -185,14 +187,14 @@ class MetaSampler:
         self.seed = int(seed)
 
     def _slice_crop(self, case: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        from sparseseg.data.planes import to_slices
+        from sparseseg.data.planes import plane_transforms, to_slices
         from sparseseg.training.augment import apply_transform, crop_shape_for, draw_transform
         from sparseseg.training.sampling import crop_padded, crop_start
 
         image = to_slices(case["image"], self.plane)  # (Cin + C, N, A, B)
         targets = to_slices(case["targets"], self.plane)  # (K, N, A, B)
         n = int(rng.integers(image.shape[-3]))
-        k, flips = draw_transform(rng, 2, (0, 1), self.rot90)
+        k, flips = draw_transform(rng, 2, *plane_transforms(self.plane, self.flip_axes, self.rot90))
         shape = crop_shape_for(self.patch, k)
         start = crop_start(rng, None, image.shape[-2:], shape)
         return {

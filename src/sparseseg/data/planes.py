@@ -34,6 +34,17 @@ def to_slices(volume: np.ndarray, plane: str) -> np.ndarray:
     return np.moveaxis(volume, NORMAL_AXIS[plane], -3)
 
 
+def plane_transforms(
+    plane: str, flip_axes: tuple[int, ...] | list[int], rot90: bool
+) -> tuple[tuple[int, ...], bool]:
+    """The augmentation of a slice of ``plane`` that matches the volume's: the slice axes (0, 1)
+    whose volume axes are among ``flip_axes`` (0-2), and quarter turns only where ``rot90`` and
+    both axes flip (a turn maps each axis onto the other, one of them reversed)."""
+    in_plane = [a for a in range(3) if a != 3 + NORMAL_AXIS[plane]]
+    flips = tuple(i for i, a in enumerate(in_plane) if a in flip_axes)
+    return flips, bool(rot90) and len(flips) == 2
+
+
 def with_neighbours(slices: np.ndarray, index, context: int) -> np.ndarray:
     """Slices ``index`` (an int or an index array) of ``slices`` (C, N, A, B), each with the
     ``context`` slices on either side (repeated at the ends) as extra channels:

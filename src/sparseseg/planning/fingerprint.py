@@ -15,6 +15,51 @@ import numpy as np
 INTENSITY_SAMPLES = 10_000
 
 
+def class_centroids(label: np.ndarray, num_classes: int) -> list[np.ndarray | None]:
+    """Centroid (voxels, one value per axis) of each foreground class 1..C-1 in ``label``
+    (X, Y, Z); None for a class the label does not show. Unannotated voxels (the ignore value,
+    >= C) count for no class."""
+    out: list[np.ndarray | None] = []
+    for c in range(1, num_classes):
+        mask = label == c
+        n = int(mask.sum())
+        if not n:
+            out.append(None)
+            continue
+        axes = range(mask.ndim)
+        out.append(
+            np.array(
+                [
+                    float(np.dot(mask.sum(axis=tuple(b for b in axes if b != a)), np.arange(m))) / n
+                    for a, m in zip(axes, mask.shape, strict=True)
+                ]
+            )
+        )
+    return out
+
+
+def class_order(centroids: Sequence[Sequence[np.ndarray | None]]) -> list[float] | None:
+    """Per axis, the share of (case, class pair) comparisons in which two foreground classes lie
+    in their majority order along that axis: 1.0 where every case shows the same layout (for
+    example anterior before posterior), about 0.5 where the order is arbitrary. None with fewer
+    than two foreground classes seen together in any case. ``centroids``: per case, the output of
+    :func:`class_centroids`."""
+    signs: dict[tuple[int, int], list[np.ndarray]] = {}
+    for case in centroids:
+        for i in range(len(case)):
+            for j in range(i + 1, len(case)):
+                if case[i] is not None and case[j] is not None:
+                    signs.setdefault((i, j), []).append(np.sign(case[i] - case[j]))
+    if not signs:
+        return None
+    agree = total = 0
+    for pair in signs.values():
+        s = np.array(pair)  # (cases, axes)
+        agree = agree + np.maximum((s > 0).sum(axis=0), (s < 0).sum(axis=0))
+        total += len(s)
+    return [float(v) for v in np.asarray(agree) / total]
+
+
 def fingerprint_arrays(
     cases: Iterable[tuple[np.ndarray, np.ndarray, Sequence[float]]],
     class_names: Sequence[str],
@@ -29,10 +74,12 @@ def fingerprint_arrays(
     'intensity' (mean, std, 0.5 / 99.5 percentiles of the first channel over annotated
     foreground voxels, or all annotated voxels when there is no foreground), 'annotated_fraction'
     (labelled voxels / all voxels), 'class_fractions' (share of each class among the annotated
-    voxels) and 'foreground_fraction' (share of the annotated voxels that are not class 0).
+    voxels), 'foreground_fraction' (share of the annotated voxels that are not class 0) and
+    'class_order' (:func:`class_order`: per axis, how consistently the foreground classes keep
+    one layout across cases; None with one foreground class).
     """
     rng = np.random.default_rng(seed)
-    shapes, spacings, samples = [], [], []
+    shapes, spacings, samples, centroids = [], [], [], []
     counts = np.zeros(len(class_names), dtype=np.int64)
     annotated = total = 0
     for image, label, spacing in cases:
@@ -44,6 +91,7 @@ def fingerprint_arrays(
         values = label[mask].astype(np.int64)
         counts += np.bincount(values, minlength=len(class_names))[: len(class_names)]
         annotated += int(mask.sum())
+        centroids.append(class_centroids(label, len(class_names)))
         total += int(label.size)
         pool = mask & (label > 0)
         if not pool.any():
@@ -83,6 +131,7 @@ def fingerprint_arrays(
         "annotated_fraction": annotated / max(total, 1),
         "class_fractions": [float(v) for v in class_fractions],
         "foreground_fraction": float(class_fractions[1:].sum()),
+        "class_order": class_order(centroids),
     }
 
 

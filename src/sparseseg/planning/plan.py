@@ -47,6 +47,8 @@ SPACING_TOLERANCE = 0.1  # cases within 10% of the median spacing on every axis 
 THICK_RATIO = 2.0  # an axis is 'thick' while its spacing is >= 2x the smallest
 PLANES_ONLY_NORMAL_RATIO = 3.0  # anisotropy from which the 2D model sees one plane only
 NORMAL_PLANE = {0: "yz", 1: "xz", 2: "xy"}  # the plane normal to each array axis
+# Foreground classes in one order along an axis in this share of cases: a fixed layout
+LAYOUT_AGREEMENT = 0.95
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,16 @@ def plan_patch(
         factor *= 0.95
 
 
+def flip_axes(fp: dict) -> tuple[int, ...]:
+    """The axes training flips (and prediction mirrors): all but those along which the
+    foreground classes keep one order in the training cases (fingerprint 'class_order' >=
+    LAYOUT_AGREEMENT), where a flip would show a layout no case has."""
+    order = fp.get("class_order")
+    if not order:
+        return (0, 1, 2)
+    return tuple(a for a, share in enumerate(order) if share < LAYOUT_AGREEMENT)
+
+
 def widths(levels: int, budget: Budget) -> tuple[int, ...]:
     return tuple(min(budget.base * 2**i, budget.cap) for i in range(levels))
 
@@ -248,14 +260,15 @@ def make_plan(
     model2d = dataclasses.replace(
         base.model2d, filters=two["filters"], strides=two["strides"], kernels=two["kernels"]
     )
-    rot90 = math.isclose(spacing[0], spacing[1], rel_tol=0.1)
-    step = {"optimizer": budget.optimizer, "lr": budget.lr}
+    flips = flip_axes(fp)
+    rot90 = math.isclose(spacing[0], spacing[1], rel_tol=0.1) and {0, 1} <= set(flips)
+    step = {"optimizer": budget.optimizer, "lr": budget.lr, "flip_axes": flips}
     train3d = dataclasses.replace(
         base.train3d, patch=patch, batch_size=budget.batch3d, rot90_xy=rot90, **step
     )
     train2d = dataclasses.replace(base.train2d, patch=two["patch"], batch_size=two["batch"], **step)
     overlap = 0.5 if device_type == "cuda" else 0.25
-    inference = dataclasses.replace(base.inference, patch=patch, overlap=overlap)
+    inference = dataclasses.replace(base.inference, patch=patch, overlap=overlap, mirror_axes=flips)
     meta = dataclasses.replace(base.meta, model=model3d, train=train3d)
     if len(planes) == 1:  # thick sections: the meta-model works on them, as the 2D model does
         meta = dataclasses.replace(
@@ -383,6 +396,16 @@ def describe(preset: Preset, fp: dict | None = None) -> list[str]:
         + (f" from the {preset.meta.init.upper()} model" if preset.meta.init != "scratch" else "")
     )
     mirror = preset.inference.mirror_axes
+    fixed = [a for a in range(3) if a not in t3.flip_axes]
+    lines.append(
+        f"augmentation: flips along {','.join('xyz'[a] for a in t3.flip_axes) or 'no axis'}"
+        + f", xy quarter turns {'on' if t3.rot90_xy else 'off'}"
+        + (
+            f" (the classes keep one order along {','.join('xyz'[a] for a in fixed)})"
+            if fixed and fp is not None and fp.get("class_order")
+            else ""
+        )
+    )
     lines.append(
         f"prediction: window {_x(preset.inference.patch)}, overlap {preset.inference.overlap:g}, "
         + (f"mirrored along {','.join('xyz'[a] for a in mirror)}" if mirror else "no mirroring")

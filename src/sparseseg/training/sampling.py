@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from sparseseg.data.planes import PLANES, to_slices, with_neighbours
+from sparseseg.data.planes import PLANES, plane_transforms, to_slices, with_neighbours
 from sparseseg.training.augment import (
     apply_transform,
     augment_intensity,
@@ -174,10 +174,11 @@ class SliceSampler2D:
     in that case), an annotated slice of that plane (probability proportional to its number of
     annotated pixels, so every annotated pixel is equally likely to be chosen) and a crop of
     ``patch`` that, with probability ``annotated_fraction``, contains an annotated pixel; then
-    random flips of both axes and 90-degree rotations, and the optional zoom, intensity and noise
-    of :class:`PatchSampler3D`. With ``context`` k the image holds the k slices on either side as
-    extra channels (Cin x (2k + 1), :func:`sparseseg.data.planes.with_neighbours`). Works
-    unchanged on dense labels.
+    random flips of the slice axes whose volume axes are in ``flip_axes`` and 90-degree
+    rotations where both flip (:func:`sparseseg.data.planes.plane_transforms`), and the
+    optional zoom, intensity and noise of :class:`PatchSampler3D`. With ``context`` k the image
+    holds the k slices on either side as extra channels (Cin x (2k + 1),
+    :func:`sparseseg.data.planes.with_neighbours`). Works unchanged on dense labels.
     Batches: 'image' (B, Cin, a, b) float32 and 'label' (B, a, b) int64.
     """
 
@@ -190,7 +191,7 @@ class SliceSampler2D:
         ignore_index: int | None,
         planes: Sequence[str] = PLANES,
         annotated_fraction: float = 0.67,
-        flip: bool = True,
+        flip_axes: Sequence[int] = (0, 1, 2),
         rot90: bool = True,
         seed: int = 0,
         scale_range: Sequence[float] = (1.0, 1.0),
@@ -205,7 +206,7 @@ class SliceSampler2D:
         self.batch_size = int(batch_size)
         self.ignore_index = ignore_index
         self.annotated_fraction = float(annotated_fraction)
-        self.flip = flip
+        self.flip_axes = tuple(int(a) for a in flip_axes)
         self.rot90 = rot90
         self.seed = int(seed)
         self.scale_range = tuple(float(v) for v in scale_range)
@@ -240,7 +241,7 @@ class SliceSampler2D:
             image = with_neighbours(stack[None] if stack.ndim == 3 else stack, n, self.context)
         else:
             image = to_slices(case["image"], plane)[..., n, :, :]
-        k, flips = draw_transform(rng, 2, (0, 1) if self.flip else (), self.rot90)
+        k, flips = draw_transform(rng, 2, *plane_transforms(plane, self.flip_axes, self.rot90))
         shape = crop_shape_for(self.patch, k)
         crop = scaled_shape(shape, draw_scale(rng, self.scale_range, self.augment_prob))
         centre = None
