@@ -26,15 +26,11 @@ def class_centroids(label: np.ndarray, num_classes: int) -> list[np.ndarray | No
         if not n:
             out.append(None)
             continue
-        axes = range(mask.ndim)
-        out.append(
-            np.array(
-                [
-                    float(np.dot(mask.sum(axis=tuple(b for b in axes if b != a)), np.arange(m))) / n
-                    for a, m in zip(axes, mask.shape, strict=True)
-                ]
-            )
-        )
+        centre = []
+        for a in range(mask.ndim):
+            profile = mask.sum(axis=tuple(b for b in range(mask.ndim) if b != a))  # per index
+            centre.append(float(profile @ np.arange(mask.shape[a])) / n)
+        out.append(np.array(centre))
     return out
 
 
