@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 PLANES = ("xy", "xz", "yz")
@@ -35,7 +37,7 @@ def to_slices(volume: np.ndarray, plane: str) -> np.ndarray:
 
 
 def plane_transforms(
-    plane: str, flip_axes: tuple[int, ...] | list[int], rot90: bool
+    plane: str, flip_axes: Sequence[int], rot90: bool
 ) -> tuple[tuple[int, ...], bool]:
     """The augmentation of a slice of ``plane`` that matches the volume's: the slice axes (0, 1)
     whose volume axes are among ``flip_axes`` (0-2), and quarter turns only where ``rot90`` and

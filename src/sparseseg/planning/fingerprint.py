@@ -10,50 +10,34 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 # Voxels drawn per case for the intensity statistics (nnU-Net draws 10k foreground voxels).
 INTENSITY_SAMPLES = 10_000
 
 
-def class_centroids(label: np.ndarray, num_classes: int) -> list[np.ndarray | None]:
-    """Centroid (voxels, one value per axis) of each foreground class 1..C-1 in ``label``
-    (X, Y, Z); None for a class the label does not show. Unannotated voxels (the ignore value,
-    >= C) count for no class."""
-    out: list[np.ndarray | None] = []
-    for c in range(1, num_classes):
-        mask = label == c
-        n = int(mask.sum())
-        if not n:
-            out.append(None)
-            continue
-        centre = []
-        for a in range(mask.ndim):
-            profile = mask.sum(axis=tuple(b for b in range(mask.ndim) if b != a))  # per index
-            centre.append(float(profile @ np.arange(mask.shape[a])) / n)
-        out.append(np.array(centre))
-    return out
+def class_centroids(label: np.ndarray, num_classes: int) -> np.ndarray:
+    """Centroids (C - 1, 3) in voxels of the foreground classes 1..C-1 in ``label`` (X, Y, Z);
+    NaN for a class the label does not show. Unannotated voxels (the ignore value, >= C) count
+    for no class."""
+    with np.errstate(invalid="ignore", divide="ignore"):  # an absent class: 0 / 0
+        found = ndimage.center_of_mass(label > 0, label, range(1, num_classes))
+    return np.array(found, dtype=float).reshape(num_classes - 1, label.ndim)
 
 
-def class_order(centroids: Sequence[Sequence[np.ndarray | None]]) -> list[float] | None:
+def class_order(centroids: np.ndarray) -> list[float] | None:
     """Per axis, the share of (case, class pair) comparisons in which two foreground classes lie
     in their majority order along that axis: 1.0 where every case shows the same layout (for
     example anterior before posterior), about 0.5 where the order is arbitrary. None with fewer
-    than two foreground classes seen together in any case. ``centroids``: per case, the output of
-    :func:`class_centroids`."""
-    signs: dict[tuple[int, int], list[np.ndarray]] = {}
-    for case in centroids:
-        for i in range(len(case)):
-            for j in range(i + 1, len(case)):
-                if case[i] is not None and case[j] is not None:
-                    signs.setdefault((i, j), []).append(np.sign(case[i] - case[j]))
-    if not signs:
+    than two foreground classes seen together in any case. ``centroids``: (cases, C - 1, 3),
+    :func:`class_centroids` of each case."""
+    i, j = np.triu_indices(centroids.shape[1], 1)
+    signs = np.sign(centroids[:, i] - centroids[:, j])  # (cases, pairs, axes); NaN: not both
+    seen = int((~np.isnan(signs).any(axis=-1)).sum())
+    if not seen:
         return None
-    agree = total = 0
-    for pair in signs.values():
-        s = np.array(pair)  # (cases, axes)
-        agree = agree + np.maximum((s > 0).sum(axis=0), (s < 0).sum(axis=0))
-        total += len(s)
-    return [float(v) for v in np.asarray(agree) / total]
+    agree = np.maximum((signs > 0).sum(axis=0), (signs < 0).sum(axis=0)).sum(axis=0)
+    return [float(v) for v in agree / seen]
 
 
 def fingerprint_arrays(
@@ -87,8 +71,8 @@ def fingerprint_arrays(
         values = label[mask].astype(np.int64)
         counts += np.bincount(values, minlength=len(class_names))[: len(class_names)]
         annotated += int(mask.sum())
-        centroids.append(class_centroids(label, len(class_names)))
         total += int(label.size)
+        centroids.append(class_centroids(label, len(class_names)))
         pool = mask & (label > 0)
         if not pool.any():
             pool = mask
@@ -127,7 +111,7 @@ def fingerprint_arrays(
         "annotated_fraction": annotated / max(total, 1),
         "class_fractions": [float(v) for v in class_fractions],
         "foreground_fraction": float(class_fractions[1:].sum()),
-        "class_order": class_order(centroids),
+        "class_order": class_order(np.array(centroids)),
     }
 
 
